@@ -1,0 +1,116 @@
+"""One transformer block under a plan, in the two executions.
+
+``masked_block``: dense shapes, differentiable masks (section 3.4 of DESIGN.md): keys and values times
+the input mask ``m_in``; attention probabilities times ``m_in`` over keys, renormalised; queries and
+the outputs of the attention projection, fc1 and fc2 times the output mask ``m_out``.
+
+``pruned_block``: the tokens are sorted so that the block's output set is a prefix of its input set;
+keys and values come from all ``n_in`` rows, queries and everything after attention from the first
+``n_out`` rows only. With 0/1 masks both give the same outputs for the kept tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PROB_EPS = 1e-12  # guards the renormalisation when every key of a row is masked (dropped queries)
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, H * d) -> (B, H, N, d)."""
+    b, n, _ = x.shape
+    return x.view(b, n, num_heads, -1).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, d) -> (B, N, H * d)."""
+    b, _, n, _ = x.shape
+    return x.transpose(1, 2).reshape(b, n, -1)
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor, m_out: torch.Tensor | None) -> torch.Tensor:
+    x = mlp.fc1(x)
+    if m_out is not None:
+        x = x * m_out
+    x = mlp.act(x)
+    x = getattr(mlp, "drop1", nn.Identity())(x)
+    x = getattr(mlp, "norm", nn.Identity())(x)
+    x = mlp.fc2(x)
+    if m_out is not None:
+        x = x * m_out
+    return getattr(mlp, "drop2", nn.Identity())(x)
+
+
+def attention_logits(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pre-softmax attention logits (B, H, T, T) of ``block`` on tokens ``x``; computes q and k only."""
+    attn = block.attn
+    h = block.norm1(x)
+    dim = attn.num_heads * attn.head_dim
+    q, k = F.linear(h, attn.qkv.weight[: 2 * dim], None if attn.qkv.bias is None else attn.qkv.bias[: 2 * dim]).chunk(2, -1)
+    q, k = attn.q_norm(_heads(q, attn.num_heads)), attn.k_norm(_heads(k, attn.num_heads))
+    return (q * attn.scale) @ k.transpose(-2, -1)
+
+
+def masked_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    m_in: torch.Tensor | None = None,
+    m_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Block on (B, T, D) tokens with (B, T) masks (``None``: keep all).
+
+    Returns the new tokens, the attention logits (B, H, T, T) and the attention probabilities the
+    block used (B, H, T, T, renormalised over kept keys).
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(h).chunk(3, -1))
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if m_in is not None:
+        keys = m_in[:, None, :, None]
+        k, v = k * keys, v * keys
+    if m_out is not None:
+        q = q * m_out[:, None, :, None]
+    logits = (q * attn.scale) @ k.transpose(-2, -1)
+    probs = logits.softmax(-1)
+    if m_in is not None:
+        probs = probs * m_in[:, None, None, :]
+        probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
+    out = attn.proj(getattr(attn, "norm", nn.Identity())(_merge(attn.attn_drop(probs) @ v)))
+    out = attn.proj_drop(out)
+    m_tok = None if m_out is None else m_out.unsqueeze(-1)
+    if m_tok is not None:
+        out = out * m_tok
+    x = x + block.drop_path1(block.ls1(out))
+    x = x + block.drop_path2(block.ls2(_mlp(block.mlp, block.norm2(x), m_tok)))
+    return x, logits, probs
+
+
+def pruned_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    n_out: int,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Block on (B, n_in, D) sorted tokens; returns the first ``n_out`` tokens' outputs.
+
+    ``key_mask``: optional (B, 1, 1, n_in) bool, False for padding keys (per-sample budgets).
+    Uses fused scaled-dot-product attention: no attention matrix is kept.
+    """
+    attn = block.attn
+    n_in = x.shape[1]
+    h = block.norm1(x)
+    if n_out == n_in:
+        q, k, v = attn.qkv(h).chunk(3, -1)
+    else:
+        dim = attn.num_heads * attn.head_dim
+        w, b = attn.qkv.weight, attn.qkv.bias
+        q = F.linear(h[:, :n_out], w[:dim], None if b is None else b[:dim])
+        k, v = F.linear(h, w[dim:], None if b is None else b[dim:]).chunk(2, -1)
+    q, k, v = (_heads(t, attn.num_heads) for t in (q, k, v))
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scale)
+    out = attn.proj_drop(attn.proj(getattr(attn, "norm", nn.Identity())(_merge(out))))
+    x = x[:, :n_out] + block.drop_path1(block.ls1(out))
+    return x + block.drop_path2(block.ls2(_mlp(block.mlp, block.norm2(x), None)))

@@ -1,0 +1,60 @@
+"""Masked execution: dense shapes, differentiable masks. Used for training and as the reference the
+pruned execution must reproduce; also records attention logits and hidden states (for the scout,
+distillation and the oracle pruner)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .block import attention_logits, masked_block
+from .host import embed, head
+
+
+ATTENTION_KINDS = ("logits", "probs")
+
+
+@dataclass
+class HostOutput:
+    logits: torch.Tensor | None          # (B, classes); None when ``scores_only``
+    attention: tuple[torch.Tensor, ...] = ()  # per layer, when recorded: see ``forward_masked``
+    hidden: tuple[torch.Tensor, ...] = ()     # embedding output, then each layer's output
+
+
+def forward_masked(
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    *,
+    record: bool = False,
+    attention: str = "logits",
+    scores_only: bool = False,
+) -> HostOutput:
+    """Run ``model`` under a (L + 1, B, T) plan (``None``: nothing masked).
+
+    ``record``: keep every layer's attention and hidden states; ``attention`` says which form:
+    ``"logits"``, pre-softmax (B, H, T, T), or ``"probs"``, probabilities averaged over heads
+    (B, T, T), 6-16x smaller and what top-k pruners read.
+    ``scores_only``: stop once the last layer's attention is known (the scout at inference: its
+    last MLP and head are not needed); implies ``record``.
+    """
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+    record = record or scores_only
+    x = embed(model, images)
+    depth = len(model.blocks)
+    seen, hidden = [], [x] if record else []
+    for layer, block in enumerate(model.blocks):
+        if scores_only and layer == depth - 1:
+            logits = attention_logits(block, x)
+            seen.append(logits if attention == "logits" else logits.softmax(-1).mean(1))
+            return HostOutput(None, tuple(seen), tuple(hidden))
+        m_in = None if masks is None else masks[layer]
+        m_out = None if masks is None else masks[layer + 1]
+        x, logits, probs = masked_block(block, x, m_in, m_out)
+        if record:
+            seen.append(logits if attention == "logits" else probs.mean(1))
+            hidden.append(x)
+    token_mask = None if masks is None else masks[-1] > 0.5
+    return HostOutput(head(model, x, token_mask), tuple(seen), tuple(hidden))

@@ -1,0 +1,6 @@
+"""Pruners: pure mask maths (``masks``, ``backtrack``, ``concrete``) and the modules using them."""
+from .backtrack import backtrack_topk, forward_topk
+from .concrete import concrete_masks, concrete_regulariser
+from .masks import BUDGETS, counts, keep_ratio_per_layer
+from .pruners import (PRUNERS, BacktrackPruner, ConcretePruner, ManualTopKPruner, PlannedPruner,
+                      create_pruner, manual_schedule)

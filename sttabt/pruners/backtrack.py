@@ -1,0 +1,86 @@
+"""Attention back-tracking (ABT, STTABT section 3.2): which tokens each layer really needs.
+
+Starting from the output (the CLS token), walk the layers backwards. At layer ``l`` the tokens the
+next layer needs, ``O_{l+1}``, are queries; the keys they attend to most are what layer ``l`` must
+take in. Each query row is weighted by how important that query itself turned out to be
+(``p * w_q + 1 - p``), so attention paid by important tokens counts more.
+
+Pure functions on head-averaged attention probabilities, batched with boolean masks (the reference
+used an index ``unique`` that was only right for batch size 1).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .masks import check_budget, cls_one_hot, fill_to_count, keep_count, topk_mask
+
+IMPACT_MIX = 0.1  # p: how much a query's own importance weighs its attention row
+
+
+def backtrack_topk(
+    attn: Sequence[torch.Tensor],
+    keep: Sequence[float],
+    *,
+    budget: str = "per_sample",
+    p: float = IMPACT_MIX,
+) -> torch.Tensor:
+    """Hard plan (L + 1, B, T) from head-averaged attention probabilities.
+
+    ``attn[l]``: (B, T, T) attention of layer ``l`` (rows: queries, columns: keys), already averaged
+    over heads. ``keep[l]``: keep ratio k_l of layer ``l``'s input set.
+    ``budget="per_sample"``: ``I_l = top-k(importance, ceil(k_l T)) | O_{l+1}`` (counts may differ).
+    ``budget="fixed"``: ``I_l = O_{l+1}`` plus the most important other tokens up to
+    ``max(ceil(k_l T), |O_{l+1}|)`` tokens, the same count for every sample.
+    """
+    check_budget(budget)
+    depth = len(attn)
+    if len(keep) != depth:
+        raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
+    batch, tokens, _ = attn[0].shape
+    out = cls_one_hot(batch, tokens, device=attn[0].device, dtype=torch.bool)
+    weight = out.to(attn[0].dtype)  # impact weights w, zero outside O_{l+1}
+    masks = [out]
+    for layer in reversed(range(depth)):
+        rows = out.to(weight.dtype) * (p * weight + 1 - p)
+        importance = torch.einsum("bq,bqk->bk", rows, attn[layer].to(weight.dtype))
+        importance = importance / out.sum(-1, keepdim=True)
+        k = keep_count(keep[layer], tokens)
+        if budget == "per_sample":
+            kept = topk_mask(importance, k) | out
+        else:
+            count = out.sum(-1).clamp(min=k)
+            kept = fill_to_count(importance, out, count)
+        weight = importance * kept
+        weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
+        out = kept
+        masks.append(out)
+    return torch.stack(masks[::-1]).to(attn[0].dtype)
+
+
+def forward_topk(attn: Sequence[torch.Tensor], keep: Sequence[float]) -> torch.Tensor:
+    """Hard plan from a hand-set schedule, selecting forwards (no back-tracking).
+
+    Layer 0 takes in every token. Layer ``l`` outputs CLS plus the tokens of its input set that
+    receive the most attention from that set's queries at layer ``l``, ``ceil(keep[l + 1] * T)``
+    tokens in all; the last layer outputs CLS only. Counts are the same for every sample. This is
+    the "manual top-k" baseline that back-tracking is compared with.
+    """
+    depth = len(attn)
+    if len(keep) != depth:
+        raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
+    batch, tokens, _ = attn[0].shape
+    device = attn[0].device
+    cls = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
+    current = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+    masks = [current]
+    for layer in range(depth - 1):
+        rows = current.to(attn[layer].dtype)
+        received = torch.einsum("bq,bqk->bk", rows, attn[layer]) / rows.sum(-1, keepdim=True)
+        received = received.masked_fill(~current, float("-inf"))
+        count = torch.minimum(current.sum(-1), torch.full_like(current.sum(-1), keep_count(keep[layer + 1], tokens)))
+        current = fill_to_count(received, cls, count)
+        masks.append(current)
+    masks.append(cls)
+    return torch.stack(masks).to(attn[0].dtype)

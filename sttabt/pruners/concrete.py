@@ -1,0 +1,111 @@
+"""Concrete masking (STTABT section 3.3): back-tracked scores turned into learnable keep masks.
+
+Walking the layers backwards from CLS, the scout's pre-softmax attention logits give every key a
+score ``s`` in [0.01, 1] (how much the tokens the next layer needs attend to it). One learnable logit
+per layer, ``p_logit_l``, shifts the decision: the relaxed mask is the Concrete (Gumbel-sigmoid)
+formula with the deterministic score in place of noise,
+``m~ = sigmoid((logit(sigmoid(p_logit_l)) + logit(s)) / tau)``, and ``logit(sigmoid(x)) = x``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .masks import check_budget, cls_one_hot, fill_to_count, keep_ratio_per_layer
+
+TEMPERATURE = 0.1      # tau of the Concrete relaxation
+IMPACT_MIX = 0.1       # p: weight of a query's own score in its attention row
+SCORE_FLOOR = 0.01     # s = 0.01 + 0.99 * s: no valid token scores exactly zero
+STD_EPS = 1e-7         # in the per-row standardisation of attention logits
+LOGIT_EPS = 1e-6       # clamp of s before logit(s), keeps gradients finite at s = 1
+HARD_THRESHOLD = 0.5   # hard mask: m >= 0.5
+P_LOGIT_DECAY = 1e-3   # weight of sum_l (p_logit_l - v)^2
+KEEP_LAMBDA_VISION = 100.0  # lambda of (sigmoid(v) - mean soft mask)^2 for images (1e-3 for text)
+
+
+def _standard_normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+
+
+def key_scores(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Steps 1-2: standardise each attention row over valid keys, Phi, average heads. (B, T, T)."""
+    if valid is None:
+        std, mean = torch.std_mean(logits, dim=-1, keepdim=True)
+    else:
+        keys = valid[:, None, None, :].to(logits.dtype)
+        n = keys.sum(-1, keepdim=True)
+        mean = (logits * keys).sum(-1, keepdim=True) / n
+        std = (((logits - mean) ** 2 * keys).sum(-1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
+    return _standard_normal_cdf((logits - mean) / (std + STD_EPS)).mean(1)
+
+
+def concrete_masks(
+    logits: Sequence[torch.Tensor],
+    p_logits: torch.Tensor,
+    *,
+    hard: bool,
+    budget: str = "per_sample",
+    valid: torch.Tensor | None = None,
+    tau: float = TEMPERATURE,
+    p: float = IMPACT_MIX,
+) -> torch.Tensor:
+    """Plan (L + 1, B, T) of soft (``hard=False``) or 0/1 masks, nested, CLS always kept.
+
+    ``logits[l]``: (B, H, T, T) pre-softmax attention logits of the scout at layer ``l``;
+    ``p_logits``: (L,); ``valid``: optional (B, T) bool of real (non-padding) tokens.
+    In hard mode the recursion runs on the hard masks, so dropped queries never vote.
+    ``budget="fixed"`` (hard only) keeps, per layer, the batch-mean count of the per-sample rule
+    (rounded, at least the next layer's count) for every sample, chosen by the relaxed mask value.
+    """
+    check_budget(budget)
+    if budget == "fixed" and not hard:
+        raise ValueError("budget='fixed' needs hard masks; soft masks keep every token partly")
+    depth = len(logits)
+    if p_logits.shape != (depth,):
+        raise ValueError(f"need one p_logit per layer ({depth}), got shape {tuple(p_logits.shape)}")
+    batch, _, tokens, _ = logits[0].shape
+    dtype = p_logits.dtype if p_logits.is_floating_point() else torch.float32
+    validf = torch.ones(batch, tokens, device=logits[0].device, dtype=dtype) if valid is None else valid.to(dtype)
+    cls = cls_one_hot(batch, tokens, device=logits[0].device, dtype=dtype)
+    score = cls  # c: the previous layer's scores, starting at one-hot(CLS)
+    out = cls    # m_{l+1}
+    masks = [out]
+    for layer in reversed(range(depth)):
+        u = key_scores(logits[layer].to(dtype), valid)
+        rows = out * (p * score + 1 - p)
+        s = torch.einsum("bq,bqk->bk", rows, u) / out.sum(-1, keepdim=True)
+        s = s / s.amax(-1, keepdim=True)
+        s = (SCORE_FLOOR + (1 - SCORE_FLOOR) * s) * validf
+        score = s
+        relaxed = torch.sigmoid((p_logits[layer] + torch.logit(s, eps=LOGIT_EPS)) / tau) * validf
+        mask = torch.maximum(relaxed, out)
+        if hard:
+            keep = mask >= HARD_THRESHOLD
+            if budget == "fixed":
+                kept_out = out > HARD_THRESHOLD
+                count = keep.sum(-1).float().mean().round().long().clamp(min=kept_out.sum(-1).max())
+                keep = fill_to_count(relaxed.masked_fill(validf == 0, -1.0), kept_out, count.expand(batch))
+            mask = keep.to(dtype)
+        out = mask
+        masks.append(out)
+    return torch.stack(masks[::-1])
+
+
+def concrete_regulariser(
+    p_logits: torch.Tensor,
+    soft_masks: torch.Tensor,
+    target_p_logit: float,
+    *,
+    keep_lambda: float = KEEP_LAMBDA_VISION,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``1e-3 * sum_l (p_logit_l - v)^2 + lambda * (sigmoid(v) - mean soft mask)^2``.
+
+    The mean soft mask is the share of (valid) tokens the layers take in, averaged over layers
+    ``0..L-1`` and the batch; ``sigmoid(v)`` is therefore the target keep ratio.
+    """
+    target = torch.sigmoid(torch.tensor(float(target_p_logit), dtype=p_logits.dtype, device=p_logits.device))
+    mean_keep = keep_ratio_per_layer(soft_masks, valid).mean()
+    return P_LOGIT_DECAY * ((p_logits - target_p_logit) ** 2).sum() + keep_lambda * (target - mean_keep) ** 2

@@ -1,0 +1,80 @@
+"""Pure helpers on keep masks.
+
+A *plan* is a float tensor ``masks`` of shape ``(L + 1, B, T)``: ``masks[l]`` is the input set of
+layer ``l`` (the tokens it uses as keys and values) and ``masks[l + 1]`` its output set (the tokens it
+computes queries, attention output and MLP for). Plans are nested, ``masks[l + 1] <= masks[l]``, and
+token 0 (CLS) is in every set. Hard plans hold 0/1, soft plans values in (0, 1).
+
+Two budgets turn scores into hard sets:
+* ``"per_sample"``: every sample keeps the tokens its own scores select; counts differ across the
+  batch and the pruned executor pads to the batch maximum with a key padding mask.
+* ``"fixed"``: every sample keeps the same number of tokens per layer, so shapes are static.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+BUDGETS = ("per_sample", "fixed")
+CLS_INDEX = 0
+ROUNDING_DIGITS = 6  # so that 0.3 * 10 is 3 tokens, not ceil(3.0000000000000004)
+
+
+def check_budget(budget: str) -> str:
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}: use one of {', '.join(BUDGETS)}")
+    return budget
+
+
+def cls_one_hot(batch: int, tokens: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(B, T) mask holding only the CLS token."""
+    mask = torch.zeros(batch, tokens, device=device, dtype=dtype)
+    mask[:, CLS_INDEX] = 1
+    return mask
+
+
+def fill_to_count(score: torch.Tensor, must_keep: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Keep ``must_keep`` plus the best-scoring other tokens until ``count`` tokens per row are kept.
+
+    ``score``: (B, T); ``must_keep``: (B, T) bool; ``count``: (B,) integer tensor, at least the number
+    of ``must_keep`` tokens of its row. Works without a host sync (ranks instead of ``topk(k)``).
+    Ties are broken by token index, so the result is deterministic.
+    """
+    score = score.masked_fill(must_keep, float("inf"))
+    order = torch.argsort(score, dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
+    return rank < count.unsqueeze(-1)
+
+
+def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, T) bool mask of the ``k`` best-scoring tokens of each row (ties: lower index first)."""
+    count = torch.full(score.shape[:1], k, device=score.device, dtype=torch.long)
+    return fill_to_count(score, torch.zeros_like(score, dtype=torch.bool), count)
+
+
+def keep_count(ratio: float, tokens: int) -> int:
+    """Tokens kept for a keep ratio: ``ceil(ratio * T)``, at least one (the CLS token)."""
+    return max(1, math.ceil(round(ratio * tokens, ROUNDING_DIGITS)))
+
+
+def check_keep(keep: float) -> float:
+    keep = float(keep)
+    if not (0.0 < keep <= 1.0):  # also rejects NaN
+        raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
+    return keep
+
+
+def counts(masks: torch.Tensor) -> torch.Tensor:
+    """(L + 1, B) number of tokens in each set of a hard plan."""
+    return (masks > 0.5).sum(-1)
+
+
+def keep_ratio_per_layer(masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(L,) mean share of (valid) tokens each layer takes in, averaged over the batch."""
+    layer_in = masks[:-1]
+    if valid is None:
+        return layer_in.mean(dim=(1, 2))
+    valid = valid.to(masks.dtype)
+    return (layer_in * valid).sum(-1).div(valid.sum(-1)).mean(-1)

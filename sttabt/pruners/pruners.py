@@ -1,0 +1,154 @@
+"""The pruner interface: modules that turn attention maps into a plan of keep masks.
+
+Every pruner here is *planned*: it decides all layers before the host runs, from attention maps,
+either the scout's (``source = "approx"``) or the host's own from a dense first pass
+(``source = "actual"``, an oracle). ``attention`` names the form it reads: ``"logits"``, pre-softmax
+(B, H, T, T), or ``"probs"``, head-averaged probabilities (B, T, T) in which padding keys already
+have zero weight. Planned pruners never need the host's attention during the
+pruned pass, so the host keeps fused attention. ``plan`` returns a (L + 1, B, T) plan (see
+:mod:`sttabt.pruners.masks`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .backtrack import backtrack_topk, forward_topk
+from .concrete import KEEP_LAMBDA_VISION, concrete_masks, concrete_regulariser
+from .masks import check_budget, check_keep
+
+LTP_FULL_LAYERS_MIN = 3       # manual schedule: at least this many leading layers keep everything,
+LTP_FULL_LAYERS_SHARE = 0.15  # or this share of the depth, whichever is more
+
+
+class PlannedPruner(nn.Module):
+    """Base class: ``plan(attention, hard=..., budget=..., valid=None) -> (L + 1, B, T)`` masks."""
+
+    attention = "probs"         # which attention form ``plan`` reads: "logits" or "probs"
+    source = "approx"           # whose attention the plan reads: "approx" (scout) or "actual" (host)
+    default_budget = "fixed"    # batching mode used when the caller does not choose one
+    trainable = False           # True when the plan is differentiable (soft masks)
+
+    def plan(self, attention: Sequence[torch.Tensor], *, hard: bool = True, budget: str | None = None,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _hard_only(self, hard: bool) -> None:
+        if not hard:
+            raise ValueError(f"{type(self).__name__} makes hard masks only; pass hard=True "
+                             "(soft masks come from the 'concrete' pruner)")
+
+
+class ConcretePruner(PlannedPruner):
+    """STTABT's trained pruner: one learnable ``p_logit`` per layer (section 3.3)."""
+
+    attention = "logits"
+    default_budget = "per_sample"
+    trainable = True
+
+    def __init__(self, depth: int, p_logit: float = 0.0, keep_lambda: float = KEEP_LAMBDA_VISION):
+        super().__init__()
+        p_logit = float(p_logit)
+        if not math.isfinite(p_logit):
+            raise ValueError(f"p_logit must be a finite number, got {p_logit}")
+        self.target_p_logit = p_logit
+        self.keep_lambda = keep_lambda
+        self.p_logits = nn.Parameter(torch.full((depth,), p_logit))
+
+    def set_p_logit(self, value: float) -> None:
+        """Re-target: every layer's logit to ``value`` (the target keep ratio is sigmoid(value))."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"p_logit must be a finite number, got {value}")
+        self.target_p_logit = value
+        with torch.no_grad():
+            self.p_logits.fill_(value)
+
+    def plan(self, attention, *, hard=True, budget=None, valid=None):
+        return concrete_masks(attention, self.p_logits, hard=hard, budget=budget or self.default_budget,
+                              valid=valid)
+
+    def regulariser(self, soft_masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return concrete_regulariser(self.p_logits, soft_masks, self.target_p_logit,
+                                    keep_lambda=self.keep_lambda, valid=valid)
+
+    def extra_repr(self) -> str:
+        return f"depth={self.p_logits.numel()}, target_p_logit={self.target_p_logit}"
+
+
+def _schedule(keep: float | Sequence[float], depth: int) -> list[float]:
+    if isinstance(keep, (int, float)):
+        return [check_keep(keep)] * depth
+    keep = [check_keep(k) for k in keep]
+    if len(keep) != depth:
+        raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
+    return keep
+
+
+class BacktrackPruner(PlannedPruner):
+    """Training-free ABT top-k (section 3.2) on the scout's or, as an oracle, the host's attention."""
+
+    def __init__(self, depth: int, keep: float | Sequence[float] = 0.5, source: str = "approx"):
+        super().__init__()
+        if source not in ("approx", "actual"):
+            raise ValueError(f"source must be 'approx' or 'actual', got {source!r}")
+        self.source = source
+        self.keep = _schedule(keep, depth)
+
+    def plan(self, attention, *, hard=True, budget=None, valid=None):
+        self._hard_only(hard)
+        return backtrack_topk(attention, self.keep, budget=budget or self.default_budget)
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}, keep={self.keep}"
+
+
+def manual_schedule(depth: int, keep: float) -> list[float]:
+    """LTP's hand-set schedule: the first max(3, ceil(0.15 L)) layers take in every token, then
+    the ratio falls linearly to ``keep`` at the last layer."""
+    keep = check_keep(keep)
+    full = min(depth, max(LTP_FULL_LAYERS_MIN, math.ceil(LTP_FULL_LAYERS_SHARE * depth)))
+    tail = depth - full
+    return [1.0] * full + [1.0 - (1.0 - keep) * (i + 1) / tail for i in range(tail)]
+
+
+class ManualTopKPruner(PlannedPruner):
+    """Baseline: hand-set per-layer ratios, tokens chosen forwards by the attention they receive."""
+
+    def __init__(self, depth: int, keep: float | Sequence[float] = 0.5):
+        super().__init__()
+        self.keep = manual_schedule(depth, keep) if isinstance(keep, (int, float)) else _schedule(keep, depth)
+
+    def plan(self, attention, *, hard=True, budget=None, valid=None):
+        self._hard_only(hard)
+        check_budget(budget or self.default_budget)  # counts are equal across the batch either way
+        return forward_topk(attention, self.keep)
+
+    def extra_repr(self) -> str:
+        return f"keep={[round(k, 3) for k in self.keep]}"
+
+
+PRUNERS = {
+    "concrete": "STTABT concrete masks with learnable per-layer p-logits (trained)",
+    "abt": "attention back-tracking top-k on the scout's approximated attention (training-free)",
+    "abt_oracle": "attention back-tracking top-k on the host's actual attention (needs a dense pass)",
+    "manual": "hand-set per-layer top-k schedule, tokens chosen forwards by received attention",
+}
+
+
+def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
+                  keep: float | Sequence[float] | None = None) -> PlannedPruner:
+    """Build a pruner by name (see ``PRUNERS``); ``keep`` defaults to 0.5 for the top-k pruners."""
+    if name == "concrete":
+        return ConcretePruner(depth, p_logit)
+    keep = 0.5 if keep is None else keep
+    if name == "abt":
+        return BacktrackPruner(depth, keep, source="approx")
+    if name == "abt_oracle":
+        return BacktrackPruner(depth, keep, source="actual")
+    if name == "manual":
+        return ManualTopKPruner(depth, keep)
+    raise ValueError(f"unknown pruner {name!r}: choose one of {', '.join(PRUNERS)}")
