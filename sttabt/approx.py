@@ -95,7 +95,11 @@ class ApproxNet(nn.Module):
         # L_hid: a learned projection of the scout's hidden states to the host's width
         self.hidden_proj = nn.Linear(self.net.embed_dim, host.embed_dim)
         if init == "interpolate":
-            interpolate_init_(self.net, host)
+            self.reset_from(host)
+
+    def reset_from(self, host: VisionTransformer) -> None:
+        """Interpolated init of the scout from (new) teacher weights."""
+        interpolate_init_(self.net, host)
 
     def forward(self, images: torch.Tensor, *, attention: str = "logits", scores_only: bool = False
                 ) -> HostOutput:

@@ -34,6 +34,7 @@ def _create(name: str, pretrained: bool, **kwargs) -> STTABT:
     kwargs.pop("pretrained_cfg_overlay", None)
     host = timm.create_model(HOSTS[name], pretrained=False, **kwargs)
     model = wrap(host, **options)
+    model.create_kwargs = {**kwargs, **options}  # stored in checkpoints to rebuild the model
     model.pretrained_cfg = dict(model.pretrained_cfg, architecture=name)
     model.default_cfg = model.pretrained_cfg
     return model

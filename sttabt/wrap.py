@@ -60,7 +60,7 @@ class STTABT(nn.Module):
         kind = self.pruner.attention
         if self.pruner.source == "actual":
             with torch.no_grad():
-                seen = forward_masked(self.host, images, record=True, attention=kind)
+                seen = forward_masked(self.host, images, attention=kind, scores_only=True)
             scout = None
         else:
             seen = scout = self.scout(images, attention=kind, scores_only=True)

@@ -18,9 +18,18 @@ PROB_EPS = 1e-12  # guards the renormalisation when every key of a row is masked
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, H * d) -> (B, H, N, d)."""
+    """(B, N, H * d) -> (B, H, N, d), a view."""
     b, n, _ = x.shape
     return x.view(b, n, num_heads, -1).transpose(1, 2)
+
+
+def _split_heads(x: torch.Tensor, parts: int, num_heads: int) -> tuple[torch.Tensor, ...]:
+    """(B, N, parts * H * d) -> ``parts`` contiguous (B, H, N, d) tensors, in one copy.
+
+    Batched matrix products on contiguous heads are 2-3x faster on CPU than on strided views.
+    """
+    b, n, _ = x.shape
+    return x.view(b, n, parts, num_heads, -1).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
 
 
 def _merge(x: torch.Tensor) -> torch.Tensor:
@@ -47,8 +56,9 @@ def attention_logits(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     attn = block.attn
     h = block.norm1(x)
     dim = attn.num_heads * attn.head_dim
-    q, k = F.linear(h, attn.qkv.weight[: 2 * dim], None if attn.qkv.bias is None else attn.qkv.bias[: 2 * dim]).chunk(2, -1)
-    q, k = attn.q_norm(_heads(q, attn.num_heads)), attn.k_norm(_heads(k, attn.num_heads))
+    qk = F.linear(h, attn.qkv.weight[: 2 * dim], None if attn.qkv.bias is None else attn.qkv.bias[: 2 * dim])
+    q, k = _split_heads(qk, 2, attn.num_heads)
+    q, k = attn.q_norm(q), attn.k_norm(k)
     return (q * attn.scale) @ k.transpose(-2, -1)
 
 
@@ -65,7 +75,7 @@ def masked_block(
     """
     attn = block.attn
     h = block.norm1(x)
-    q, k, v = (_heads(t, attn.num_heads) for t in attn.qkv(h).chunk(3, -1))
+    q, k, v = _split_heads(attn.qkv(h), 3, attn.num_heads)
     q, k = attn.q_norm(q), attn.k_norm(k)
     if m_in is not None:
         keys = m_in[:, None, :, None]

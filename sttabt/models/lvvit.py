@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from functools import partial
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -33,6 +32,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Format, nchw_to, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
+
+from ..checkpoint import load_strict, read_checkpoint, unwrap
 
 __all__ = [
     "AUX_WEIGHT",
@@ -51,8 +52,6 @@ SKIP_LAM = 2.0  # residual branches are divided by this (LV-ViT-S and -M)
 STEM_CHANS = 64  # width of the convolutional stem
 STEM_KERNEL, STEM_STRIDE = 7, 2  # first stem conv; the stride is why the projection uses patch_size // 2
 LAYER_NORM_EPS = 1e-5  # the reference uses torch's nn.LayerNorm default, not timm's 1e-6
-CHECKPOINT_WRAPPERS = ("model", "state_dict", "state_dict_ema")  # tried in this order
-MAX_LISTED_KEYS = 12  # keys named per category in a checkpoint error
 
 # VisionTransformer options that LV-ViT fixes: a caller may repeat these values, not change them.
 _FIXED_ARGS = dict(
@@ -271,13 +270,6 @@ class LVViT(VisionTransformer):
         return logits + self.aux_weight * aux_max
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in CHECKPOINT_WRAPPERS:
-        if isinstance(checkpoint.get(key), Mapping):
-            return checkpoint[key]
-    return checkpoint
-
-
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LVViT) -> Dict[str, Any]:
     """Adapt a reference LV-ViT checkpoint to ``model``.
 
@@ -286,8 +278,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LVViT) -> Dict[st
     patch grid when the token count differs, and fills BatchNorm ``num_batches_tracked`` counters that
     old checkpoints lack. Anything else is passed through for the strict load to judge.
     """
-    prefix = "module."
-    out = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in _unwrap(state_dict).items()}
+    out = dict(unwrap(state_dict))
 
     pos, target = out.get("pos_embed"), model.pos_embed
     if isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape[-1] == target.shape[-1] \
@@ -305,12 +296,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LVViT) -> Dict[st
     return out
 
 
-def _listed(keys) -> str:
-    keys = list(keys)
-    more = f", ... (+{len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else ""
-    return ", ".join(keys[:MAX_LISTED_KEYS]) + more
-
-
 def load_lvvit_checkpoint(
         model: LVViT,
         checkpoint: Union[str, os.PathLike, Mapping[str, Any]],
@@ -322,30 +307,9 @@ def load_lvvit_checkpoint(
     mismatch raises a ``ValueError`` naming them; nothing is loaded partially. ``weights_only`` is passed
     to ``torch.load``; set it to False only for a trusted file that pickles more than tensors.
     """
-    if isinstance(checkpoint, (str, os.PathLike)):
-        try:
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=weights_only)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"{os.fspath(checkpoint)} holds more than tensors and cannot be read with weights_only=True; "
-                f"if you trust the file, pass weights_only=False") from err
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"Expected a state dict (a mapping), got {type(checkpoint).__name__}")
-
-    state = checkpoint_filter_fn(checkpoint, model)
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state)
-    unexpected = sorted(k for k in state if k not in expected)
-    mismatched = [f"{k} (checkpoint {tuple(getattr(state[k], 'shape', ()))} vs model {tuple(v.shape)})"
-                  for k, v in expected.items() if k in state and getattr(state[k], "shape", None) != v.shape]
-    if missing or unexpected or mismatched:
-        problems = [f"{label} ({len(keys)}): {_listed(keys)}" for label, keys in
-                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-                    if keys]
-        raise ValueError(
-            "Checkpoint does not match this LV-ViT (is it another model or variant?): " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
-    return model
+        checkpoint = read_checkpoint(checkpoint, weights_only=weights_only)
+    return load_strict(model, checkpoint_filter_fn(checkpoint, model), "LV-ViT")
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

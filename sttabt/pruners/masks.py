@@ -56,7 +56,7 @@ def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 
 def keep_count(ratio: float, tokens: int) -> int:
     """Tokens kept for a keep ratio: ``ceil(ratio * T)``, at least one (the CLS token)."""
-    return max(1, math.ceil(round(ratio * tokens, ROUNDING_DIGITS)))
+    return max(1, math.ceil(round(ratio * int(tokens), ROUNDING_DIGITS)))  # int(): shapes are tensors under tracing
 
 
 def check_keep(keep: float) -> float:

@@ -1,0 +1,52 @@
+"""Shared command-line pieces of the tools: building a model from flags."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import sttabt  # noqa: F401  (registers the models; fixes torchvision first)
+import timm
+
+from sttabt.pruners import PRUNERS
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="sttabt_deit_small",
+                        help="registered STTABT model, e.g. sttabt_deit_small, sttabt_lvvit_small")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--keep", type=float, help="keep ratio per layer of a top-k pruner (default pruner: abt)")
+    group.add_argument("--p-logit", type=float, help="p-logit of the concrete pruner (target keep sigmoid(v))")
+    parser.add_argument("--pruner", choices=sorted(PRUNERS), help="override the pruner")
+    parser.add_argument("--budget", choices=["fixed", "per_sample"], help="batching mode (default: the pruner's)")
+    parser.add_argument("--factor", type=int, default=4, help="the scout is this many times thinner")
+    parser.add_argument("--checkpoint", help="STTABT checkpoint (sttabt.save_checkpoint) to load")
+    parser.add_argument("--teacher-checkpoint", help="dense teacher weights (timm DeiT or LV-ViT reference)")
+    parser.add_argument("--img-size", type=int, help="image size, if not the model's default")
+    parser.add_argument("--num-classes", type=int, help="classes, if not the model's default")
+
+
+def build_model(args: argparse.Namespace):
+    """An STTABT model in eval mode from the flags of :func:`add_model_args`."""
+    if args.model not in timm.list_models("sttabt_*"):
+        raise SystemExit(f"unknown model {args.model!r}; registered: {', '.join(timm.list_models('sttabt_*'))}")
+    if args.p_logit is not None and not math.isfinite(args.p_logit):
+        raise SystemExit(f"--p-logit must be a finite number, got {args.p_logit}")
+    pruner = args.pruner or ("concrete" if args.p_logit is not None or args.keep is None else "abt")
+    kwargs = dict(factor=args.factor, pruner=pruner, budget=args.budget)
+    if args.keep is not None:
+        kwargs["keep"] = args.keep
+    if args.p_logit is not None:
+        kwargs["p_logit"] = args.p_logit
+    if args.img_size:
+        kwargs["img_size"] = args.img_size
+    if args.num_classes:
+        kwargs["num_classes"] = args.num_classes
+    try:
+        model = timm.create_model(args.model, **kwargs)
+        if args.teacher_checkpoint:
+            sttabt.load_teacher(model, args.teacher_checkpoint)
+        if args.checkpoint:
+            sttabt.load_checkpoint(model, args.checkpoint)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return model.eval()

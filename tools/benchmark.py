@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Throughput of an STTABT model against its dense timm host, timed side by side in one run.
+
+    python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 32
+    python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 256 --device cuda --dtype bfloat16
+
+Both models share the host's weights. After warm-up, the two are timed alternately (dense, pruned,
+dense, ...) so that both see the same machine state; each reports the median of ``--repeats``
+timings. ``ideal_speedup`` is dense GFLOPs / pruned GFLOPs with the scout included, and
+``share_of_ideal`` = measured speedup / ideal speedup: how much of the FLOPs saved became time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+from _common import add_model_args, build_model  # noqa: E402
+from sttabt.flops import sttabt_flops  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _timer(device: torch.device):
+    if device.type == "cuda":
+        def now():
+            torch.cuda.synchronize(device)
+            return time.perf_counter()
+        return now
+    return time.perf_counter
+
+
+def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32) -> dict:
+    """Median images/s of the dense host and of the pruned model on the same batch."""
+    device = images.device
+    now = _timer(device)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    runs = {"dense": lambda: model.host(images), "pruned": lambda: model(images)}
+    times = {name: [] for name in runs}
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            for fn in runs.values():
+                fn()
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                start = now()
+                fn()
+                times[name].append(now() - start)
+        masks, _ = model.plan(images)
+    flops = sttabt_flops(model, masks, executed=True).to_dict()
+    batch = images.shape[0]
+    dense_img_s = batch / statistics.median(times["dense"])
+    pruned_img_s = batch / statistics.median(times["pruned"])
+    speedup = pruned_img_s / dense_img_s
+    ideal = flops["dense_gflops"] / flops["gflops"]
+    return {
+        "dense_img_s": dense_img_s, "pruned_img_s": pruned_img_s, "speedup": speedup,
+        "ideal_speedup": ideal, "share_of_ideal": speedup / ideal,
+        "dense_gflops": flops["dense_gflops"], "gflops": flops["gflops"], "scout_gflops": flops["scout_gflops"],
+        "keep_mean": flops["keep_mean"],
+        "dense_ms": [t * 1e3 for t in times["dense"]], "pruned_ms": [t * 1e3 for t in times["pruned"]],
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.keep is None and args.p_logit is None:
+        args.keep = 0.5
+    device = torch.device(args.device)
+    model = build_model(args).to(device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch_size, 3, *model.host.patch_embed.img_size, generator=g).to(device)
+    result = {"model": args.model, "pruner": type(model.pruner).__name__, "keep": args.keep,
+              "p_logit": args.p_logit, "budget": model.budget or model.pruner.default_budget,
+              "batch_size": args.batch_size, "dtype": args.dtype, "device": device_name(device),
+              "torch": torch.__version__,
+              **benchmark(model, images, warmup=args.warmup, repeats=args.repeats, dtype=DTYPES[args.dtype])}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']} ({result['pruner']}, budget={result['budget']}) batch {args.batch_size}, "
+          f"{args.dtype}, {result['device']}")
+    print(f"  dense  {result['dense_img_s']:9.1f} img/s   {result['dense_gflops']:.3f} GFLOPs")
+    print(f"  pruned {result['pruned_img_s']:9.1f} img/s   {result['gflops']:.3f} GFLOPs (scout {result['scout_gflops']:.3f})")
+    print(f"  speedup {result['speedup']:.2f}x of ideal {result['ideal_speedup']:.2f}x: "
+          f"share_of_ideal {result['share_of_ideal']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
