@@ -461,9 +461,17 @@ def _baddbmm_flop_jit(inputs: list[Any], outputs: list[Any]) -> float:
     return n * c * t * d
 
 
+def _matmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> float:
+    """aten::matmul(a, b[, out]): fvcore's count, also for the ``out=`` form the executors use."""
+    from fvcore.nn.jit_handles import matmul_flop_jit
+
+    return matmul_flop_jit(inputs[:2], outputs)
+
+
 EXTRA_HANDLES: dict[str, Callable[[list[Any], list[Any]], float]] = {
     "aten::scaled_dot_product_attention": _sdpa_flop_jit,
     "aten::baddbmm": _baddbmm_flop_jit,
+    "aten::matmul": _matmul_flop_jit,
 }
 
 
@@ -533,7 +541,7 @@ def fvcore_flops(
     ``modules``, so that their parameters trace as inputs; other grad-requiring tensors it captures make
     the tracer fail (detach them). Traced under ``torch.no_grad()``; call it on an ``eval()`` model
     (fvcore counts train-mode batch norm as a full norm). Registers :data:`EXTRA_HANDLES`
-    (``scaled_dot_product_attention``, ``baddbmm``) unless ``sdpa=False`` (plain fvcore, which skips
+    (``scaled_dot_product_attention``, ``baddbmm``, ``matmul`` with ``out=``) unless ``sdpa=False`` (plain fvcore, which skips
     fused attention). Unsupported-op warnings (elementwise ops, expected) and tracer warnings are
     silenced. ``modules``: extra modules whose parameters the callable uses.
     """

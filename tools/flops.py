@@ -28,22 +28,19 @@ SYNTHETIC_SEED = 0
 
 
 def measure(model, batches, *, use_fvcore: bool = False) -> dict:
-    """Mean FLOPs report over batches (weighted by images)."""
-    totals, images, fv = None, 0, 0.0
+    """FLOPs report averaged over all images of ``batches``."""
+    reports, sizes, fv = [], [], 0.0
     with torch.no_grad():
         for x in batches:
             masks, _ = model.plan(x)
-            report = sttabt_flops(model, masks).to_dict()
-            n = x.shape[0]
-            if totals is None:
-                totals = {k: (v * n if isinstance(v, float) else [e * n for e in v]) for k, v in report.items()}
-            else:
-                for k, v in report.items():
-                    totals[k] = totals[k] + v * n if isinstance(v, float) else [a + b * n for a, b in zip(totals[k], v)]
+            reports.append(sttabt_flops(model, masks).to_dict())
+            sizes.append(x.shape[0])
             if use_fvcore:
                 fv += fvcore_flops(model, (x,))
-            images += n
-    out = {k: (v / images if isinstance(v, float) else [e / images for e in v]) for k, v in totals.items()}
+    images = sum(sizes)
+    weights = torch.tensor(sizes, dtype=torch.float64) / images
+    out = {key: (weights @ torch.tensor([r[key] for r in reports], dtype=torch.float64)).tolist()
+           for key in reports[0]}
     out["images"] = images
     if use_fvcore:
         out["fvcore_executed_gflops"] = fv / images / 1e9

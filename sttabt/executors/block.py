@@ -51,15 +51,52 @@ def _mlp(mlp: nn.Module, x: torch.Tensor, m_out: torch.Tensor | None) -> torch.T
     return getattr(mlp, "drop2", nn.Identity())(x)
 
 
-def attention_logits(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pre-softmax attention logits (B, H, T, T) of ``block`` on tokens ``x``; computes q and k only."""
+def _softmax_keys(logits: torch.Tensor, m_in: torch.Tensor | None, workspace: torch.Tensor | None) -> torch.Tensor:
+    """Attention probabilities over keys, times ``m_in`` over keys and renormalised.
+
+    With a ``workspace`` (inference only) the logits already live in it and are overwritten in
+    place: no (B, H, T, T) tensor is allocated per layer, which on CPU is most of the cost.
+    """
+    if workspace is None:
+        probs = logits.softmax(-1)
+        if m_in is not None:
+            probs = probs * m_in[:, None, None, :]
+            probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
+        return probs
+    probs = torch.ops.aten._softmax.out(logits, -1, False, out=workspace)
+    if m_in is not None:
+        probs.mul_(m_in[:, None, None, :])
+        probs.div_(probs.sum(-1, keepdim=True).clamp_min_(PROB_EPS))
+    return probs
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, workspace: torch.Tensor | None) -> torch.Tensor:
+    if workspace is None:
+        return (q * scale) @ k.transpose(-2, -1)
+    return torch.matmul(q * scale, k.transpose(-2, -1), out=workspace)
+
+
+def _recorded(record: str | None, logits: torch.Tensor | None, probs: torch.Tensor | None) -> torch.Tensor | None:
+    if record == "logits":
+        return logits
+    if record == "probs":
+        return probs.mean(1)
+    return None
+
+
+def attention_scores(block: nn.Module, x: torch.Tensor, record: str,
+                     workspace: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention of ``block`` on tokens ``x`` computing q and k only (no values, no output):
+    pre-softmax logits (B, H, T, T) or head-averaged probabilities (B, T, T), as ``record`` says."""
     attn = block.attn
     h = block.norm1(x)
     dim = attn.num_heads * attn.head_dim
     qk = F.linear(h, attn.qkv.weight[: 2 * dim], None if attn.qkv.bias is None else attn.qkv.bias[: 2 * dim])
     q, k = _split_heads(qk, 2, attn.num_heads)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return (q * attn.scale) @ k.transpose(-2, -1)
+    logits = _scores(attn.q_norm(q), attn.k_norm(k), attn.scale, workspace)
+    if record == "logits":
+        return logits.clone() if workspace is not None else logits
+    return _softmax_keys(logits, None, workspace).mean(1)
 
 
 def masked_block(
@@ -67,11 +104,16 @@ def masked_block(
     x: torch.Tensor,
     m_in: torch.Tensor | None = None,
     m_out: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    *,
+    record: str | None = None,
+    workspace: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Block on (B, T, D) tokens with (B, T) masks (``None``: keep all).
 
-    Returns the new tokens, the attention logits (B, H, T, T) and the attention probabilities the
-    block used (B, H, T, T, renormalised over kept keys).
+    Returns the new tokens and, if ``record`` asks, the block's attention: ``"logits"``
+    (pre-softmax, B x H x T x T) or ``"probs"`` (the probabilities it used, averaged over heads,
+    B x T x T). ``workspace``: a (B, H, T, T) buffer reused for the attention matrix; only without
+    autograd (inference), where it saves an allocation per layer.
     """
     attn = block.attn
     h = block.norm1(x)
@@ -82,11 +124,10 @@ def masked_block(
         k, v = k * keys, v * keys
     if m_out is not None:
         q = q * m_out[:, None, :, None]
-    logits = (q * attn.scale) @ k.transpose(-2, -1)
-    probs = logits.softmax(-1)
-    if m_in is not None:
-        probs = probs * m_in[:, None, None, :]
-        probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
+    logits = _scores(q, k, attn.scale, workspace)
+    kept = logits.clone() if record == "logits" and workspace is not None else logits  # workspace: overwritten next
+    probs = _softmax_keys(logits, m_in, workspace)
+    seen = _recorded(record, kept, probs)
     out = attn.proj(getattr(attn, "norm", nn.Identity())(_merge(attn.attn_drop(probs) @ v)))
     out = attn.proj_drop(out)
     m_tok = None if m_out is None else m_out.unsqueeze(-1)
@@ -94,7 +135,7 @@ def masked_block(
         out = out * m_tok
     x = x + block.drop_path1(block.ls1(out))
     x = x + block.drop_path2(block.ls2(_mlp(block.mlp, block.norm2(x), m_tok)))
-    return x, logits, probs
+    return x, seen
 
 
 def pruned_block(

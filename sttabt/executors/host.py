@@ -43,12 +43,11 @@ def has_token_head(model: nn.Module) -> bool:
 
 def embed(model: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
     """Patch embedding, class token and position embedding: (B, T, D) tokens, CLS first."""
-    expected = tuple(model.patch_embed.img_size)
-    if images.ndim != 4 or tuple(images.shape[-2:]) != expected:
+    height, width = model.patch_embed.img_size
+    if images.ndim != 4 or tuple(images.shape[-2:]) != (height, width):
         raise ValueError(
-            f"expected images of shape (B, {model.patch_embed.proj.in_channels if hasattr(model.patch_embed, 'proj') else 3}, "
-            f"{expected[0]}, {expected[1]}), got {tuple(images.shape)}; resize the images or create the "
-            f"model with img_size={images.shape[-1]}")
+            f"expected images of shape (B, C, {height}, {width}), got {tuple(images.shape)}; resize the "
+            f"images or create the model with img_size={tuple(images.shape[-2:])}")
     x = model.patch_embed(images)
     x = model._pos_embed(x)
     x = model.patch_drop(x)

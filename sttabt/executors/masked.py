@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .block import attention_logits, masked_block
+from .block import attention_scores, masked_block
 from .host import embed, head
 
 
@@ -42,19 +42,22 @@ def forward_masked(
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     record = record or scores_only
+    kind = attention if record else None
     x = embed(model, images)
     depth = len(model.blocks)
+    workspace = None
+    if not torch.is_grad_enabled():  # inference: one attention buffer for every layer
+        workspace = x.new_empty(x.shape[0], model.blocks[0].attn.num_heads, x.shape[1], x.shape[1])
     seen, hidden = [], [x] if record else []
     for layer, block in enumerate(model.blocks):
         if scores_only and layer == depth - 1:
-            logits = attention_logits(block, x)
-            seen.append(logits if attention == "logits" else logits.softmax(-1).mean(1))
+            seen.append(attention_scores(block, x, attention, workspace))
             return HostOutput(None, tuple(seen), tuple(hidden))
         m_in = None if masks is None else masks[layer]
         m_out = None if masks is None else masks[layer + 1]
-        x, logits, probs = masked_block(block, x, m_in, m_out)
+        x, scores = masked_block(block, x, m_in, m_out, record=kind, workspace=workspace)
         if record:
-            seen.append(logits if attention == "logits" else probs.mean(1))
+            seen.append(scores)
             hidden.append(x)
     token_mask = None if masks is None else masks[-1] > 0.5
     return HostOutput(head(model, x, token_mask), tuple(seen), tuple(hidden))
