@@ -422,7 +422,9 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     host's own attention from the same kind of pass. Planning itself (a few ``T x T``
     matrix-vector products per layer) is left out: under 0.1 % of the total.
     """
-    counts = (masks > 0.5).sum(-1)
+    from .pruners.masks import counts as plan_counts
+
+    counts = plan_counts(masks)
     if executed:
         counts = counts.amax(-1, keepdim=True).expand_as(counts)
     reader = model.scout.net if model.pruner.source == "approx" else model.host

@@ -95,8 +95,8 @@ def attention_scores(block: nn.Module, x: torch.Tensor, record: str,
     q, k = _split_heads(qk, 2, attn.num_heads)
     logits = _scores(attn.q_norm(q), attn.k_norm(k), attn.scale, workspace)
     if record == "logits":
-        return logits.clone() if workspace is not None else logits
-    return _softmax_keys(logits, None, workspace).mean(1)
+        return logits.clone() if workspace is not None else logits  # the workspace is reused
+    return _recorded(record, None, _softmax_keys(logits, None, workspace))
 
 
 def masked_block(
