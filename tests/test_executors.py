@@ -16,8 +16,11 @@ PRUNERS = ["concrete", "abt", "abt_oracle", "manual"]
 @pytest.mark.parametrize("budget", ["per_sample", "fixed"])
 @pytest.mark.parametrize("batch", [1, 2, 7])
 def test_pruned_equals_masked_hard(name, pruner, budget, batch, images):
-    keep = [1.0, 0.6, 0.4] if pruner == "manual" else 0.4  # the LTP schedule would not prune 3 layers
-    model = tiny(name, pruner=pruner, keep=keep, p_logit=0.5, budget=budget)
+    if pruner == "concrete":
+        options = dict(p_logit=0.5)
+    else:  # the LTP schedule of 'manual' would not prune 3 layers: give it one ratio per layer
+        options = dict(keep=[1.0, 0.6, 0.4] if pruner == "manual" else 0.4)
+    model = tiny(name, pruner=pruner, budget=budget, **options)
     x = images[:batch]
     with torch.no_grad():
         masks, _ = model.plan(x, hard=True)
@@ -74,6 +77,7 @@ def test_logits_shape_full_size_deit_small():
     (dict(pruner="abt", keep=0.0), "keep ratio"),
     (dict(pruner="abt", keep=1.5), "keep ratio"),
     (dict(budget="sometimes"), "budget"),
+    (dict(pruner="concrete", keep=0.5), "p_logit"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):

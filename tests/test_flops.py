@@ -229,7 +229,8 @@ def test_executed_pruned_path_matches_fvcore(name, pruner, budget):
     from sttabt.flops import sttabt_flops
 
     model = timm.create_model(name, img_size=32, patch_size=4, num_classes=10, depth=3, embed_dim=48,
-                              num_heads=3, pruner=pruner, keep=0.4, p_logit=-2.0, budget=budget).eval()
+                              num_heads=3, pruner=pruner, budget=budget,
+                              **(dict(p_logit=-2.0) if pruner == "concrete" else dict(keep=0.4))).eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         masks, _ = model.plan(x)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """``make demo``: the registered STTABT models, their FLOPs at three keep ratios, and measured
-throughput against the dense timm model, on this machine, in about a minute.
+throughput against the dense timm model, on this machine, in under a minute.
 
 Weights are random (nothing is downloaded), which changes neither FLOPs nor speed: the fixed-budget
 top-k pruner keeps the same number of tokens per layer whatever the image.

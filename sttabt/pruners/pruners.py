@@ -143,6 +143,9 @@ def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
                   keep: float | Sequence[float] | None = None) -> PlannedPruner:
     """Build a pruner by name (see ``PRUNERS``); ``keep`` defaults to 0.5 for the top-k pruners."""
     if name == "concrete":
+        if keep is not None:
+            raise ValueError("the concrete pruner sets its keep ratio through p_logit (target sigmoid(p_logit)), "
+                             "not keep; use a top-k pruner ('abt', 'abt_oracle', 'manual') for a keep ratio")
         return ConcretePruner(depth, p_logit)
     keep = 0.5 if keep is None else keep
     if name == "abt":
