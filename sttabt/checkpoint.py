@@ -97,18 +97,12 @@ def load_teacher(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, 
     return model
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> str:
-    """Write an STTABT model atomically: a temporary file in the same folder, then a rename, so an
-    interrupted write never leaves a truncated checkpoint behind. ``extra`` is stored alongside."""
+def atomic_save(payload: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: an
+    interrupted write never leaves a truncated file, and the previous file stays until the rename."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    payload = {
-        "format": FORMAT, "version": FORMAT_VERSION,
-        "architecture": getattr(model, "pretrained_cfg", {}).get("architecture"),
-        "create_kwargs": dict(getattr(model, "create_kwargs", {}) or {}),
-        "state_dict": model.state_dict(), **extra,
-    }
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -121,6 +115,17 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> 
             os.remove(tmp)
         raise
     return path
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> str:
+    """Write an STTABT model atomically (:func:`atomic_save`); ``extra`` is stored alongside."""
+    payload = {
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "architecture": getattr(model, "pretrained_cfg", {}).get("architecture"),
+        "create_kwargs": dict(getattr(model, "create_kwargs", {}) or {}),
+        "state_dict": model.state_dict(), **extra,
+    }
+    return atomic_save(payload, path)
 
 
 def _read_sttabt(checkpoint: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -1,0 +1,54 @@
+"""What a stage reports: a JSON-lines log, TensorBoard scalars and a tqdm bar, on rank 0 only."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+LOG = "log.jsonl"
+
+
+def _records_up_to(path: Path, step: int) -> list[str]:
+    """Complete lines of an earlier log with ``step <= step`` (a resumed run rewrites the rest)."""
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    return kept
+
+
+class StageLog:
+    """``log(record)`` appends a JSON line and writes its numbers to TensorBoard under ``tag/``."""
+
+    def __init__(self, folder: Path, *, enabled: bool, resume_step: int = 0, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = folder / LOG
+        self.writer = None
+        if not enabled:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = _records_up_to(self.path, resume_step) if self.path.exists() and resume_step else []
+        self.path.write_text("".join(line + "\n" for line in kept))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            # purge_step drops events a killed run wrote after its last checkpoint
+            self.writer = SummaryWriter(str(folder / "tb"), purge_step=resume_step or None)
+
+    def log(self, tag: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"tag": tag, "step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self.writer.add_scalar(f"{tag}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,59 @@
+"""The sweep summary: one row for the dense teacher and one per p-logit, as a table, JSON and CSV
+(``summary.json`` is what ``tools/plot.py`` reads)."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .state import write_json
+
+COLUMNS = ("p_logit", "target_keep", "keep_mean", "gflops", "hard_top1", "soft_top1", "ema_hard_top1",
+           "ema_soft_top1")
+
+
+def summary_rows(dense: dict, concrete: list[dict]) -> list[dict]:
+    rows = [{"method": "dense", "p_logit": None, "target_keep": 1.0, "keep_mean": 1.0, "keep_per_layer": None,
+             "gflops": dense.get("gflops"), "hard_top1": dense.get("top1"), "soft_top1": dense.get("top1"),
+             "ema_hard_top1": dense.get("ema_top1"), "ema_soft_top1": dense.get("ema_top1")}]
+    for r in sorted(concrete, key=lambda r: r["p_logit"]):
+        rows.append({"method": "sttabt_concrete", **{k: r.get(k) for k in COLUMNS},
+                     "keep_per_layer": r.get("keep_per_layer"), "dense_gflops": r.get("dense_gflops"),
+                     "scout_gflops": r.get("scout_gflops")})
+    return rows
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text table: p-logit, kept tokens (mean and per layer), GFLOPs, hard/soft top-1 (+EMA)."""
+    out = io.StringIO()
+    head = (f"{'p_logit':>8s} {'target':>7s} {'kept':>6s} {'GFLOPs':>8s} {'hard':>7s} {'soft':>7s} "
+            f"{'EMA hard':>9s} {'EMA soft':>9s}  kept per layer")
+    out.write(head + "\n" + "-" * len(head) + "\n")
+    for r in rows:
+        layers = " ".join(f"{k:.2f}" for k in r["keep_per_layer"]) if r.get("keep_per_layer") else "all"
+        label = "dense" if r["p_logit"] is None else f"{r['p_logit']:g}"
+        out.write(f"{label:>8s} {_cell(r['target_keep'], '7.2f')} {_cell(r['keep_mean'], '6.2f')} "
+                  f"{_cell(r['gflops'], '8.4f')} {_cell(r['hard_top1'], '7.2f')} {_cell(r['soft_top1'], '7.2f')} "
+                  f"{_cell(r['ema_hard_top1'], '9.2f')} {_cell(r['ema_soft_top1'], '9.2f')}  {layers}\n")
+    return out.getvalue()
+
+
+def write_summary(folder: Path, dense: dict, concrete: list[dict], approx: dict, *, main: bool = True) -> dict:
+    rows = summary_rows(dense, concrete)
+    summary = {"run": str(folder), "rows": rows,
+               "scout": {k: approx.get(k) for k in ("attention_kl", "distill_loss")},
+               "table": format_table(rows)}
+    if main:
+        write_json(folder / "summary.json", summary)
+        with (folder / "summary.csv").open("w", newline="") as f:
+            fields = ["method", *COLUMNS, "keep_per_layer"]
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            for r in rows:
+                layers = r.get("keep_per_layer")
+                writer.writerow({**r, "keep_per_layer": " ".join(f"{k:.4f}" for k in layers) if layers else ""})
+    return summary
