@@ -252,3 +252,16 @@ def test_two_process_ddp_matches_one_process(tmp_path):
         assert len(a) == len(b) > 0
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5, stage
     assert_same_state(final_state(one), final_state(two), atol=1e-5)
+
+
+def test_no_weight_decay_on_biases_norms_and_p_logits():
+    from timm.optim import create_optimizer_v2
+
+    from conftest import tiny
+
+    model = tiny(p_logit=0.0)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 0.0 if (p.ndim <= 1 or name.startswith("pruner.") or name.endswith(("pos_embed", "cls_token"))) else 0.05
+        assert decay_of[id(p)] == expected, name

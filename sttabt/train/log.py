@@ -37,7 +37,7 @@ class StageLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             # purge_step drops events a killed run wrote after its last checkpoint
-            self.writer = SummaryWriter(str(folder / "tb"), purge_step=resume_step or None)
+            self.writer = SummaryWriter(str(folder / "tb"), purge_step=resume_step + 1 if resume_step else None)
 
     def log(self, tag: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
