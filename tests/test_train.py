@@ -183,6 +183,8 @@ def test_pipeline_outputs_and_no_overwrite_without_auto_resume(tmp_path, capsys)
     # finished stages are skipped; --skip-approx reuses the scout
     assert train_imagenet.main(["--config", config, "--auto-resume", "--skip-approx"]) == 0
     assert "finished earlier" in capsys.readouterr().out
+    # a finished stage is not silently reused under other settings
+    expect_error(capsys, ["--config", config, "--auto-resume", "--epochs", "3"], "finished with other settings (epochs)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +232,7 @@ def test_sigkill_mid_epoch_then_auto_resume_matches_uninterrupted(tmp_path):
         a = json.loads((run_dir(whole) / "concrete" / "p_logit_0" / name).read_text())
         b = json.loads((run_dir(killed) / "concrete" / "p_logit_0" / name).read_text())
         for r in (a, b):
+            r.pop("fingerprint")  # names the run's own folders
             for h in (r, *r["history"]):
                 h.pop("epoch_seconds")  # wall-clock time, the one thing allowed to differ
         assert a == b

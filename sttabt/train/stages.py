@@ -80,11 +80,22 @@ class Run:
                 "batch_size": a.batch_size, "total_batch_size": a.total_batch_size, "seed": a.seed, **extra}
 
 
-def _done(run: Run, folder: Path) -> dict | None:
-    return read_results(folder) if run.args.auto_resume else None
+def _done(run: Run, folder: Path, fingerprint: dict) -> dict | None:
+    """The results of a stage finished earlier with the same settings (``--auto-resume`` only)."""
+    results = read_results(folder) if run.args.auto_resume else None
+    theirs = (results or {}).get("fingerprint")
+    if theirs is not None:
+        changed = sorted(k for k in set(theirs) | set(fingerprint)
+                         if k != "world" and theirs.get(k) != fingerprint.get(k))
+        if changed:
+            raise ValueError(f"{folder} finished with other settings ({', '.join(changed)}); choose another "
+                             "--output, or remove that folder to train it again")
+    return results
 
 
-def _finish(run: Run, folder: Path, results: dict) -> dict:
+def _finish(run: Run, folder: Path, results: dict, fingerprint: dict | None = None) -> dict:
+    if fingerprint is not None:
+        results = {**results, "fingerprint": fingerprint}
     if run.dist.main:
         write_json(folder / RESULTS, results)
     run.dist.barrier()
@@ -99,7 +110,8 @@ def teacher_stage(run: Run) -> tuple[Path, dict]:
     a, folder = run.args, run.stage_folder("teacher")
     if a.teacher_checkpoint:
         return Path(a.teacher_checkpoint), _given_teacher(run, folder)
-    results = _done(run, folder)
+    fingerprint = run.fingerprint("teacher", epochs=a.teacher_epochs, lr=a.teacher_lr)
+    results = _done(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[teacher] finished earlier: top-1 {results['top1']:.2f} ({folder / RESULTS})")
         return folder / TEACHER_WEIGHTS, results
@@ -109,7 +121,7 @@ def teacher_stage(run: Run) -> tuple[Path, dict]:
     spec = StageSpec("teacher", folder, a.teacher_epochs, a.teacher_lr, a.teacher_weight_decay,
                      warmup_epochs=min(a.teacher_warmup_epochs, a.teacher_epochs), min_lr=a.min_lr,
                      ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
-                     fingerprint=run.fingerprint("teacher", epochs=a.teacher_epochs, lr=a.teacher_lr))
+                     fingerprint=fingerprint)
 
     def evaluate(model, ema):
         metrics = {"top1": top1(model, val, run.dist)}
@@ -122,7 +134,8 @@ def teacher_stage(run: Run) -> tuple[Path, dict]:
     if run.dist.main:
         atomic_save({"model": host.state_dict()}, folder / TEACHER_WEIGHTS)
     return folder / TEACHER_WEIGHTS, _finish(run, folder, {
-        "stage": "teacher", **result["final"], "gflops": vit_flops(host).gflops, "history": result["history"]})
+        "stage": "teacher", **result["final"], "gflops": vit_flops(host).gflops, "history": result["history"]},
+        fingerprint)
 
 
 def _given_teacher(run: Run, folder: Path) -> dict:
@@ -147,7 +160,8 @@ def approx_stage(run: Run, teacher: Path) -> Path:
     if a.skip_approx:
         print_main(run, f"[approx] --skip-approx: reusing {weights}")
         return weights
-    results = _done(run, folder)
+    fingerprint = run.fingerprint("approx", teacher=str(teacher), epochs=a.approx_epochs, lr=a.approx_lr)
+    results = _done(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[approx] finished earlier: attention KL {results['attention_kl']:.4f}")
         return weights
@@ -157,14 +171,15 @@ def approx_stage(run: Run, teacher: Path) -> Path:
     train, val = run.loaders("approx")
     spec = StageSpec("approx", folder, a.approx_epochs, a.approx_lr, lr_schedule="constant",
                      clip_grad=a.approx_clip_grad,
-                     fingerprint=run.fingerprint("approx", teacher=str(teacher), epochs=a.approx_epochs, lr=a.approx_lr))
+                     fingerprint=fingerprint)
     before = scout_quality(model.host, model.scout, val, run.dist)
     result, _ = fit(spec, run.loop, task=Distillation(model.host, model.scout), trained=model.scout, loader=train,
                     evaluate=lambda scout, _: scout_quality(model.host, scout, val, run.dist))
     if run.dist.main:
         atomic_save({"scout": model.scout.state_dict(), "factor": a.factor}, weights)
     final = result["final"] or before
-    _finish(run, folder, {"stage": "approx", **final, "interpolated_init": before, "history": result["history"]})
+    _finish(run, folder, {"stage": "approx", **final, "interpolated_init": before, "history": result["history"]},
+            fingerprint)
     return weights
 
 
@@ -181,7 +196,8 @@ def load_scout(model: STTABT, path: Path) -> None:
 def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict:
     a, folder = run.args, run.stage_folder("concrete", p_logit)
     name = f"concrete p_logit={p_logit:g}"
-    results = _done(run, folder)
+    fingerprint = run.fingerprint("concrete", teacher=str(teacher), p_logit=p_logit, epochs=a.epochs, lr=a.lr)
+    results = _done(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[{name}] finished earlier: hard top-1 {results['hard_top1']:.2f}")
         return results
@@ -194,8 +210,7 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
     spec = StageSpec(name, folder, a.epochs, a.lr, a.weight_decay, warmup_epochs=a.warmup_epochs, min_lr=a.min_lr,
                      ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
                      find_unused_parameters=True,  # the scout's last MLP and head do not feed the masks
-                     fingerprint=run.fingerprint("concrete", teacher=str(teacher), p_logit=p_logit,
-                                                 epochs=a.epochs, lr=a.lr))
+                     fingerprint=fingerprint)
 
     def evaluate(m, ema):
         metrics = sttabt_metrics(m, val, run.dist)
@@ -213,7 +228,7 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
         if ema is not None:
             save_checkpoint(ema, folder / "model_ema.pth", p_logit=p_logit)
     return _finish(run, folder, {"stage": "concrete", "p_logit": p_logit, "target_keep": 1 / (1 + math.exp(-p_logit)),
-                                 **final, "history": result["history"]})
+                                 **final, "history": result["history"]}, fingerprint)
 
 
 def print_main(run: Run, text: str) -> None:
