@@ -10,11 +10,12 @@ used an index ``unique`` that was only right for batch size 1).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 
-from .masks import check_budget, cls_one_hot, fill_to_count, keep_count, topk_mask
+from .masks import ROUNDING_DIGITS, check_budget, cls_one_hot, fill_to_count, keep_count, topk_mask
 
 IMPACT_MIX = 0.1  # p: how much a query's own importance weighs its attention row
 
@@ -25,6 +26,7 @@ def backtrack_topk(
     *,
     budget: str = "per_sample",
     p: float = IMPACT_MIX,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hard plan (L + 1, B, T) from head-averaged attention probabilities.
 
@@ -33,8 +35,12 @@ def backtrack_topk(
     ``budget="per_sample"``: ``I_l = top-k(importance, ceil(k_l T)) | O_{l+1}`` (counts may differ).
     ``budget="fixed"``: ``I_l = O_{l+1}`` plus the most important other tokens up to
     ``max(ceil(k_l T), |O_{l+1}|)`` tokens, the same count for every sample.
+    ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
+    ``T`` above becomes each sample's real length (per-sample budget only).
     """
     check_budget(budget)
+    if valid is not None and budget != "per_sample":
+        raise ValueError("inputs with padding (valid=...) need budget='per_sample'")
     depth = len(attn)
     if len(keep) != depth:
         raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
@@ -46,17 +52,24 @@ def backtrack_topk(
         rows = out.to(weight.dtype) * (p * weight + 1 - p)
         importance = torch.einsum("bq,bqk->bk", rows, attn[layer].to(weight.dtype))
         importance = importance / out.sum(-1, keepdim=True)
-        k = keep_count(keep[layer], tokens)
-        if budget == "per_sample":
-            kept = topk_mask(importance, k) | out
+        if valid is not None:
+            score = importance.masked_fill(~valid, -math.inf)
+            kept = fill_to_count(score, torch.zeros_like(out), _valid_counts(keep[layer], valid)) | out
+        elif budget == "per_sample":
+            kept = topk_mask(importance, keep_count(keep[layer], tokens)) | out
         else:
-            count = out.sum(-1).clamp(min=k)
+            count = out.sum(-1).clamp(min=keep_count(keep[layer], tokens))
             kept = fill_to_count(importance, out, count)
         weight = importance * kept
         weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
         out = kept
         masks.append(out)
     return torch.stack(masks[::-1]).to(attn[0].dtype)
+
+
+def _valid_counts(ratio: float, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) top-k size per sample: ``ceil(ratio * real length)``, at least 1."""
+    return torch.ceil(torch.round(ratio * valid.sum(-1).double(), decimals=ROUNDING_DIGITS)).long().clamp_min(1)
 
 
 def forward_topk(attn: Sequence[torch.Tensor], keep: Sequence[float]) -> torch.Tensor:

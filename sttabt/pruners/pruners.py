@@ -100,7 +100,7 @@ class BacktrackPruner(PlannedPruner):
 
     def plan(self, attention, *, hard=True, budget=None, valid=None):
         self._hard_only(hard)
-        return backtrack_topk(attention, self.keep, budget=budget or self.default_budget)
+        return backtrack_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid)
 
     def extra_repr(self) -> str:
         return f"source={self.source}, keep={self.keep}"

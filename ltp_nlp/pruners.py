@@ -1,0 +1,67 @@
+"""Online pruners for text: LTP's learned thresholds and the top-k baseline.
+
+Both read the host's own attention after each layer. ``decide(layer, probs, live, lengths, soft=...)``
+returns the keep mask of that layer's tokens: soft (a float in (0, 1), training) or hard (bool).
+Planned pruners (STTABT) come from :mod:`sttabt.pruners` unchanged.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ltp import hard_keep, received_attention, soft_keep, threshold_base, topk_keep, topk_rates
+
+DEFAULT_TEMPERATURE = 1e-3  # T of the soft stage; the reference sweeps 1e-4 .. 2e-3
+
+
+def _normaliser(scoring_mode: str, score_length: int, lengths: torch.Tensor) -> torch.Tensor | int:
+    return score_length if scoring_mode == "mean" else lengths
+
+
+class ThresholdPruner(nn.Module):
+    """LTP ``absolute_threshold``: layer ``i`` keeps a token whose score reaches
+    ``threshold_base[i] + threshold_delta[i]``; the deltas are learned (their own optimiser)."""
+
+    soft_capable = True
+
+    def __init__(self, depth: int, final_token_threshold: float, scoring_mode: str = "mean", score_length: int = 128):
+        super().__init__()
+        self.scoring_mode = scoring_mode
+        self.score_length = score_length
+        self.register_buffer("threshold_base", torch.tensor(threshold_base(final_token_threshold, depth)))
+        self.threshold_delta = nn.Parameter(torch.zeros(depth))
+
+    def thresholds(self) -> torch.Tensor:
+        return self.threshold_base + self.threshold_delta
+
+    def decide(self, layer: int, probs: torch.Tensor, live: torch.Tensor, lengths: torch.Tensor, *,
+               soft: bool, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+        score = received_attention(probs, live, _normaliser(self.scoring_mode, self.score_length, lengths))
+        threshold = self.thresholds()[layer]
+        if soft:
+            return soft_keep(score, threshold, temperature)
+        return hard_keep(score, threshold, live)
+
+    def extra_repr(self) -> str:
+        return f"depth={self.threshold_delta.numel()}, scoring_mode={self.scoring_mode!r}"
+
+
+class TopKPruner(nn.Module):
+    """LTP's ``topk`` baseline: keep ``round(length * rate_l)`` tokens by the attention they receive."""
+
+    soft_capable = False
+
+    def __init__(self, depth: int, token_keep_rate: float):
+        super().__init__()
+        self.rates = topk_rates(depth, token_keep_rate)
+
+    def decide(self, layer: int, probs: torch.Tensor, live: torch.Tensor, lengths: torch.Tensor, *,
+               soft: bool, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+        if soft:
+            raise ValueError("prune_mode 'topk' has hard masks only: use masking_mode='hard'")
+        if self.rates[layer] >= 1:
+            return live.bool()
+        return topk_keep(received_attention(probs, live, 1), live, lengths, self.rates[layer])
+
+    def extra_repr(self) -> str:
+        return f"rates={[round(r, 3) for r in self.rates]}"
