@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from transformers.models.ibert.quant_modules import QuantEmbedding, QuantLinear
 from transformers.utils import ModelOutput
 
-from sttabt.approx import DEFAULT_FACTOR  # noqa: F401  (documented default of approx_factor)
+from sttabt.executors import HostOutput
 from sttabt.pruners import BacktrackPruner, ConcretePruner, keep_ratio_per_layer
 
 from .approx import TextScout, classify
@@ -120,14 +120,23 @@ class LTPPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, **kwargs):
         """As transformers' ``from_pretrained``; the host type of a hand-edited config is read from the
         weight names, and any missing (host) or unexpected weight is an error listing them."""
+        init_scout = kwargs.pop("init_scout", None)
         if config is None:
-            config = LTPConfig.from_pretrained(pretrained_model_name_or_path)
+            config, kwargs = LTPConfig.from_pretrained(pretrained_model_name_or_path, return_unused_kwargs=True,
+                                                       **kwargs)
+            config.validate_pruning()
         if config.host_type is None:
             config.host_type = infer_host_type(pretrained_model_name_or_path)
             config.fill_host_defaults()
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, config=config,
                                               output_loading_info=True, **kwargs)
+        if config.prune_mode in SCOUT_MODES and not any(".scout." in k for k in _weight_names(pretrained_model_name_or_path)):
+            if init_scout != "interpolate":
+                raise ValueError(f"{pretrained_model_name_or_path} has no approximation network (scout) for prune_mode "
+                                 f"{config.prune_mode!r}: distil one with tools/distill_scout_glue.py, or pass "
+                                 "init_scout='interpolate' to start it from the host by interpolation")
+            model.base_model_ltp.scout.reset_from(model)
         problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
         if problems:
             lines = [f"{kind.replace('_', ' ')}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
@@ -154,6 +163,10 @@ def _init_host_extras(module: nn.Module, std: float) -> None:
 
 class LTPModel(LTPPreTrainedModel):
     """The host encoder under the configured pruner; returns the last tokens and what was kept."""
+
+    @property
+    def base_model_ltp(self) -> "LTPModel":
+        return self
 
     def __init__(self, config: LTPConfig, host_base: nn.Module | None = None):
         super().__init__(config)
@@ -264,6 +277,15 @@ class LTPForSequenceClassification(LTPPreTrainedModel):
     @property
     def ltp(self) -> LTPModel:
         return getattr(self, self.prefix)
+
+    base_model_ltp = ltp
+
+    def record(self, input_ids, attention_mask, token_type_ids=None) -> HostOutput:
+        """Dense pass recording every layer's attention logits and hidden states, and the logits:
+        the teacher side of scout distillation (:func:`sttabt.approx.distillation_loss`)."""
+        valid = attention_mask.bool()
+        out = run_dense(self.ltp.layers, embed(self.ltp.embeddings, input_ids, token_type_ids), valid, record=True)
+        return HostOutput(self.head(out.hidden), out.attention, out.hidden_states)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.config.host_type == "bert":

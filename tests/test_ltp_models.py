@@ -147,3 +147,37 @@ def test_checkpoint_of_another_architecture(tmp_path):
     config = LTPConfig(host_type="bert", **TINY)
     with pytest.raises(ValueError, match="does not match a bert LTP model"):
         LTPForSequenceClassification.from_pretrained(tmp_path, config=config)
+
+
+def test_switch_to_sttabt_needs_a_scout(tmp_path):
+    host = host_model("bert")
+    ltp_from(host, "bert").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no approximation network"):
+        LTPForSequenceClassification.from_pretrained(tmp_path, prune_mode="sttabt_abt", token_keep_rate=0.5)
+    model = LTPForSequenceClassification.from_pretrained(tmp_path, prune_mode="sttabt_abt", token_keep_rate=0.5,
+                                                         init_scout="interpolate")
+    assert model.config.prune_mode == "sttabt_abt" and model.config.token_keep_rate == 0.5
+    scout = model.ltp.scout.net.state_dict()
+    assert scout["bert.encoder.layer.0.attention.self.query.weight"].shape == (8, 8)
+    assert torch.equal(scout["bert.embeddings.word_embeddings.weight"][:, 0],
+                       host.state_dict()["bert.embeddings.word_embeddings.weight"][:, 0])  # interpolated init
+
+
+def test_scout_distillation_loss_decreases():
+    from sttabt.approx import distillation_loss
+
+    model = ltp_from(host_model("roberta"), "roberta", prune_mode="sttabt_concrete")
+    model.ltp.scout.reset_from(model)
+    ids, mask = batch("roberta")
+    with torch.no_grad():
+        teacher = model.record(ids, mask)
+    scout = model.ltp.scout
+    optimizer = torch.optim.AdamW(scout.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = distillation_loss(scout(ids, mask), teacher, scout.hidden_proj, hidden_weight=1.0, valid=mask.bool()).total
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
