@@ -51,6 +51,7 @@ class LTPConfig(PretrainedConfig):
     """
 
     model_type = "ltp"
+    keys_to_ignore_at_inference = ["counts", "mask_means", "pruning_loss", "plan"]
 
     def __init__(
         self,

@@ -59,15 +59,23 @@ def masked_layer(layer: nn.Module, x: torch.Tensor, keys: torch.Tensor, m_in: to
 
 
 def run_dense(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, *, record: bool = False) -> EncoderOutput:
-    """No pruning; ``record`` keeps every layer's attention logits and hidden states (scout, teacher)."""
+    """No pruning; ``record`` keeps every layer's attention logits and hidden states (scout, teacher).
+    Without ``record`` attention is fused (scaled_dot_product_attention), as in transformers."""
+    counts = valid.sum(-1).to(x.dtype).expand(len(layers) + 1, -1)
+    if not record:
+        keys = valid.bool()[:, None, None, :]
+        for layer in layers:
+            q, k, v = query_key_value(layer, x)
+            drop = layer.attention.self.dropout
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=drop.p if drop.training else 0.0)
+            x = feed_forward(layer, attention_output(layer, merge_heads(context), x))
+        return EncoderOutput(x, counts)
     seen, states = [], [x]
     for layer in layers:
         x, _, logits = masked_layer(layer, x, valid)
-        if record:
-            seen.append(logits)
-            states.append(x)
-    counts = valid.sum(-1).to(x.dtype).expand(len(layers) + 1, -1)
-    return EncoderOutput(x, counts, attention=tuple(seen), hidden_states=tuple(states) if record else ())
+        seen.append(logits)
+        states.append(x)
+    return EncoderOutput(x, counts, attention=tuple(seen), hidden_states=tuple(states))
 
 
 def run_online_masked(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, decide: Decide, *,

@@ -33,7 +33,7 @@ from .configuration_ltp import (HOST_TYPES, ONLINE_MODES, PLANNED_MODES, PRUNE_M
 from .executors import (EncoderOutput, run_dense, run_online_masked, run_online_pruned, run_planned_masked,
                         run_planned_pruned)
 from .host import PREFIXES, SEQUENCE_CLASSIFIERS, check_layers, embed, key_bias
-from .ltp import mask_means
+from .ltp import mask_means, threshold_base
 from .pruners import DEFAULT_TEMPERATURE, ThresholdPruner, TopKPruner
 
 KEEP_LAMBDA_TEXT = 1e-3  # lambda of the concrete keep-ratio regulariser for text (100 for images)
@@ -106,10 +106,15 @@ class LTPPreTrainedModel(PreTrainedModel):
     config_class = LTPConfig
     base_model_prefix = "ltp"  # unused: weights keep the host's own prefix (bert., roberta., ibert.)
     _keys_to_ignore_on_load_missing = [r"\.pruner\.", r"\.scout\."]
+    accepts_loss_kwargs = False  # the loss is a plain mean: Trainer must scale it for accumulation
 
     def _init_weights(self, module):
         if isinstance(module, ThresholdPruner):
-            module.threshold_delta.data.zero_()
+            depth = module.threshold_delta.numel()
+            module.threshold_base = torch.tensor(threshold_base(self.config.final_token_threshold, depth),
+                                                 device=module.threshold_delta.device)
+            if not getattr(module.threshold_delta, "_is_hf_initialized", False):  # not loaded from a checkpoint
+                module.threshold_delta.data.zero_()
         elif isinstance(module, ConcretePruner):
             module.p_logits.data.fill_(module.target_p_logit)
         elif not isinstance(module, (BacktrackPruner, TopKPruner)):
@@ -137,6 +142,9 @@ class LTPPreTrainedModel(PreTrainedModel):
                                  f"{config.prune_mode!r}: distil one with tools/distill_scout_glue.py, or pass "
                                  "init_scout='interpolate' to start it from the host by interpolation")
             model.base_model_ltp.scout.reset_from(model)
+        saved_mode = LTPConfig.get_config_dict(pretrained_model_name_or_path)[0].get("prune_mode", "none")
+        if saved_mode != config.prune_mode:  # another pruner: the saved one's parameters are not used
+            info["unexpected_keys"] = [k for k in info["unexpected_keys"] if ".pruner." not in k and ".scout." not in k]
         problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
         if problems:
             lines = [f"{kind.replace('_', ' ')}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
@@ -219,7 +227,7 @@ class LTPModel(LTPPreTrainedModel):
         return self.pruner.plan(attention, hard=hard, budget="per_sample", valid=valid)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *, masking_mode: str | None = None,
-                executor: str | None = None, temperature: float = DEFAULT_TEMPERATURE, **unused) -> LTPModelOutput:
+                executor: str | None = None, temperature: float = DEFAULT_TEMPERATURE) -> LTPModelOutput:
         if input_ids is None:
             raise ValueError("input_ids are required")
         if attention_mask is None:
@@ -294,7 +302,7 @@ class LTPForSequenceClassification(LTPPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, *,
                 masking_mode: str | None = None, executor: str | None = None,
-                temperature: float = DEFAULT_TEMPERATURE, **unused) -> LTPSequenceClassifierOutput:
+                temperature: float = DEFAULT_TEMPERATURE) -> LTPSequenceClassifierOutput:
         out = self.ltp(input_ids, attention_mask, token_type_ids, masking_mode=masking_mode, executor=executor,
                        temperature=temperature)
         logits = self.head(out.last_hidden_state)

@@ -28,7 +28,9 @@ class ThresholdPruner(nn.Module):
         super().__init__()
         self.scoring_mode = scoring_mode
         self.score_length = score_length
-        self.register_buffer("threshold_base", torch.tensor(threshold_base(final_token_threshold, depth)))
+        # derived from the config, not saved: a new final_token_threshold takes effect on load
+        self.register_buffer("threshold_base", torch.tensor(threshold_base(final_token_threshold, depth)),
+                             persistent=False)
         self.threshold_delta = nn.Parameter(torch.zeros(depth))
 
     def thresholds(self) -> torch.Tensor:

@@ -181,3 +181,12 @@ def test_scout_distillation_loss_decreases():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_reload_under_another_prune_mode_and_threshold(tmp_path):
+    model = ltp_from(host_model("bert"), "bert", prune_mode="absolute_threshold", final_token_threshold=0.01)
+    model.save_pretrained(tmp_path)
+    other = LTPForSequenceClassification.from_pretrained(tmp_path, final_token_threshold=0.4)
+    assert other.ltp.pruner.thresholds()[-1].item() == pytest.approx(0.4 * 3 / 4)
+    topk = LTPForSequenceClassification.from_pretrained(tmp_path, prune_mode="topk", token_keep_rate=0.5)
+    assert topk.config.prune_mode == "topk" and topk.ltp.pruner.rates[-1] == 0.5

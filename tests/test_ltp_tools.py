@@ -1,0 +1,184 @@
+"""tools/run_glue.py -> tools/convert_to_ltp.py -> tools/run_ltp.py (soft, hard, topk) end to end on a tiny
+random BERT, a tiny offline tokenizer and a toy SST-2 written as GLUE TSVs; and their errors."""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ltp_nlp  # noqa: F401  (registers the Auto classes)
+from transformers import (AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification,
+                          BertTokenizerFast)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+import convert_to_ltp  # noqa: E402
+import run_glue  # noqa: E402
+import run_ltp  # noqa: E402
+
+WORDS = ["good", "bad", "movie", "film", "the", "a", "was", "is", "very", "not", "plot", "actors", "great", "dull",
+         "fun", "story", "and", "but", "it", "this"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=48,
+            max_position_embeddings=64, initializer_range=0.3, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0)
+QUIET = ["--report_to", "none"]
+SOFT_FOLDER = "checkpoints/base/SST2/absolute_threshold/rate_0.01/temperature_0.001/lambda_0.1/lr_2e-05"
+
+
+def write_sst2(folder: Path, n_train: int = 48, n_dev: int = 16) -> Path:
+    rng = random.Random(0)
+    (folder / "SST-2").mkdir(parents=True)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            words = rng.choices(WORDS[2:], k=rng.randint(4, 14))
+            words.insert(rng.randint(0, len(words)), "good" if i % 2 else "bad")
+            lines.append(f"{' '.join(words)}\t{i % 2}")
+        (folder / "SST-2" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_pretrained(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(folder), local_files_only=True).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(**TINY)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def glue(tmp_path_factory) -> Path:
+    return write_sst2(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory, glue) -> Path:
+    """A fine-tuned dense checkpoint written by run_glue (not converted)."""
+    root = tmp_path_factory.mktemp("dense")
+    out = root / "OUT"
+    rc = run_glue.main(["--model_name_or_path", str(write_pretrained(root / "pretrained")), "--task", "SST2",
+                        "--data_dir", str(glue), "--output_dir", str(out), "--do_train", "--do_eval",
+                        "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
+                        "--max_seq_length", "32", "--save_strategy", "no", "--use_cpu", "--disable_tqdm", "true",
+                        *QUIET])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, dense) -> Path:
+    """A copy of ``dense`` after convert_to_ltp, with the dense model's logits on a probe batch."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("converted") / "OUT"
+    shutil.copytree(dense, out)
+    assert convert_to_ltp.main([str(out), "--prune_mode", "absolute_threshold", "--final_token_threshold", "0.01",
+                                "--scoring_mode", "mean"]) == 0
+    return out
+
+
+def probe(folder: Path) -> dict[str, torch.Tensor]:
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    return dict(tokenizer(["the movie was very good", "bad plot but fun actors and a great story"], padding=True,
+                          return_tensors="pt"))
+
+
+def test_run_glue_writes_a_fine_tuned_checkpoint(dense):
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "trainer_state.json"):
+        assert (dense / name).is_file(), name
+    assert json.loads((dense / "config.json").read_text())["model_type"] == "bert"
+    assert "eval_accuracy" in json.loads((dense / run_glue.EVAL_RESULTS).read_text())
+
+
+def test_convert_to_ltp_keeps_the_dense_model(dense, converted):
+    config = json.loads((converted / "config.json").read_text())
+    assert config["architectures"] == ["LTPForSequenceClassification"] and config["model_type"] == "ltp"
+    assert config["host_type"] == "bert" and config["prune_mode"] == "absolute_threshold"
+    assert config["final_token_threshold"] == 0.01 and config["scoring_mode"] == "mean"
+    assert not (converted / "trainer_state.json").exists()
+    assert not [p for p in converted.iterdir() if p.name.startswith(".config.json")]   # no temporary file left
+    inputs = probe(dense)
+    host = BertForSequenceClassification.from_pretrained(dense).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(converted, prune_mode="none").eval()
+    assert isinstance(model, ltp_nlp.LTPForSequenceClassification)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, host(**inputs).logits, atol=1e-5, rtol=0)
+
+
+def test_soft_then_hard_stage_in_the_reference_layout(tmp_path, monkeypatch, glue, converted):
+    monkeypatch.chdir(tmp_path)
+    common = ["--arch", "ltp-base", "--task", "SST2", "--data_dir", str(glue), "--max_seq_length", "32", *QUIET]
+    assert run_ltp.main([*common, "--restore", str(converted), "--lr", "2e-5", "--temperature", "1e-3", "--lambda",
+                         "0.1", "--weight_decay", "0", "--bs", "64", "--masking_mode", "soft", "--epoch", "1",
+                         "--save_step", "100", "--no_load", "--lr_threshold", "1e-3"]) == 0
+    soft = tmp_path / SOFT_FOLDER
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "eval_results.json"):
+        assert (soft / name).is_file(), name
+    results = json.loads((soft / "eval_results.json").read_text())
+    for key in ("eval_accuracy", "eval_baseline_gflops", "eval_gflops", "eval_relative_flops", "eval_kept_mean",
+                "eval_kept_layer_3"):
+        assert key in results, key
+    soft_delta = load_file(soft / "model.safetensors")["bert.pruner.threshold_delta"]
+    assert soft_delta.abs().sum() > 0   # the thresholds learned
+
+    assert run_ltp.main([*common, "--restore", str(soft), "--lr", "2e-5", "--bs", "16", "--masking_mode", "hard",
+                         "--epoch", "1"]) == 0
+    hard = soft / "hard" / "lr_2e-05"
+    assert (hard / "eval_results.json").is_file() and (hard / "checkpoint-3").is_dir()
+    assert not list(hard.glob("checkpoint-*/threshold_optimizer.pt"))
+    hard_weights = load_file(hard / "model.safetensors")
+    assert torch.equal(hard_weights["bert.pruner.threshold_delta"], soft_delta)   # frozen in the hard stage
+    assert json.loads((hard / "config.json").read_text())["prune_mode"] == "absolute_threshold"
+
+
+def test_topk_baseline(glue, converted):
+    assert run_ltp.main(["--task", "SST2", "--restore", str(converted), "--prune_mode", "topk", "--token_keep_rate",
+                         "0.3", "--lr", "1e-5", "--bs", "16", "--epoch", "1", "--no_load", "--data_dir", str(glue),
+                         "--max_seq_length", "32", "--max_train_samples", "16", "--max_eval_samples", "8",
+                         *QUIET]) == 0
+    out = converted / "topk" / "lr_1e-05"
+    config = json.loads((out / "config.json").read_text())
+    assert config["prune_mode"] == "topk" and config["token_keep_rate"] == 0.3
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_relative_flops"] < 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--restore", "{tmp}/missing"], "does not exist"),
+    (["--restore", "{converted}", "--task", "SQuAD"], "unknown GLUE task"),
+    (["--restore", "{converted}", "--prune_mode", "topk", "--token_keep_rate", "0.5", "--masking_mode", "soft"],
+     "has no soft masks"),
+    (["--restore", "{converted}", "--token_keep_rate", "0.5"], "--token_keep_rate is for --prune_mode topk"),
+    (["--restore", "{dense}"], "convert it with tools/convert_to_ltp.py"),
+    (["--restore", "{converted}", "--data_dir", "{tmp}"], "file not found"),
+    (["--restore", "{converted}", "--prune_mode", "sttabt_concrete", "--p_logit", "0", "--masking_mode", "soft"],
+     "no approximation network"),
+], ids=["missing-restore", "unknown-task", "topk-soft", "keep-rate-without-topk", "not-converted", "no-data",
+        "concrete-without-scout"])
+def test_run_ltp_bad_input(tmp_path, monkeypatch, capsys, glue, dense, converted, flags, message):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(converted.rglob("*"))
+    flags = [f.format(tmp=tmp_path, converted=converted, dense=dense) for f in flags]
+    argv = ["--task", "SST2", "--data_dir", str(glue), *QUIET, *flags]
+    assert run_ltp.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()) and sorted(converted.rglob("*")) == before   # nothing written
+
+
+def test_convert_to_ltp_bad_input(tmp_path, capsys):
+    assert convert_to_ltp.main([str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert convert_to_ltp.main([str(tmp_path)]) == 2
+    assert "LTP runs on bert, roberta, ibert hosts" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY}))
+    assert convert_to_ltp.main([str(tmp_path), "--prune_mode", "topk", "--token_keep_rate", "1.5"]) == 2
+    assert "token_keep_rate must be in (0, 1]" in capsys.readouterr().err
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"   # untouched

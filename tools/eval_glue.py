@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Evaluate a GLUE classifier under any prune mode, without training: task metric and FLOPs.
+
+    python tools/eval_glue.py --checkpoint C --task SST2 --data_dir D --prune_mode sttabt_abt --token_keep_rate 0.4
+    python tools/eval_glue.py --checkpoint C --task SST2 --data_dir D --prune_mode topk --keep-rates 0.3 0.5 0.7
+    python tools/eval_glue.py --checkpoint C --task SST2 --data_dir D --prune_mode absolute_threshold \\
+        --final_token_threshold 0.01        # LTP's "manual threshold" baseline (no training)
+    python tools/eval_glue.py --checkpoint C --task SST2 --data_dir D --prune_mode none --json
+
+``--checkpoint`` is an LTP checkpoint or a plain BERT / RoBERTa / I-BERT classifier folder; the prune
+settings given on the command line replace the checkpoint's (learned LTP thresholds and STTABT
+p-logits are kept when the mode stays; a scout mode needs a checkpoint with a scout, e.g. the output
+of tools/distill_scout_glue.py, or ``--init_scout interpolate``). Hard masks, pruned executor (tokens
+really removed). Reported: the task metric, ``baseline_gflops`` / ``gflops`` per example (the scout
+included; the oracle's dense planning pass counts as its scout), ``relative_flops`` and the share of
+tokens entering each layer. On the first ``--check_batches`` batches the masked executor runs too and
+the largest difference of their logits is printed: it must be float noise.
+
+A sweep (``--keep-rates`` or ``--thresholds``) gives one row per value; ``--json`` prints one JSON
+object: the row itself for one setting, or the common fields with ``rows`` for a sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+import ltp_nlp  # noqa: F401  (registers the Auto classes; fixes torchvision first)
+from ltp_nlp.configuration_ltp import PRUNE_MODES, SCOUT_MODES
+from ltp_nlp.distill import load_checkpoint, model_inputs, reconfigure
+from ltp_nlp.flops import FlopsMeter
+from ltp_nlp.glue import load_glue, task_spec, tokenize_glue
+from ltp_nlp.metrics import compute_metrics
+
+KEEP_MODES = ("topk", "sttabt_abt", "sttabt_abt_oracle")  # the modes --keep-rates sweeps
+THRESHOLD_MODES = ("absolute_threshold",)                 # the modes --thresholds sweeps
+DEFAULT_CHECK_BATCHES = 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared with tools/benchmark_glue.py
+# ---------------------------------------------------------------------------------------------------
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --task, --data_dir, the prune settings and the data options."""
+    parser.add_argument("--checkpoint", required=True, help="LTP checkpoint or fine-tuned host classifier folder")
+    parser.add_argument("--task", required=True, help="GLUE task: SST2, MRPC, RTE, QNLI, MNLI, QQP, STSB, CoLA")
+    parser.add_argument("--data_dir", "--data-dir", help="GLUE folder holding <task>/dev.tsv (default: the hub)")
+    parser.add_argument("--tokenizer", help="tokenizer name or folder (default: the one saved in --checkpoint)")
+    parser.add_argument("--max_length", "--max-length", type=int, default=128)
+    parser.add_argument("--max_eval_samples", "--max-eval-samples", "--max-examples", type=int,
+                        help="use the first N dev rows")
+    g = parser.add_argument_group("prune settings (default: the checkpoint's)")
+    g.add_argument("--prune_mode", "--prune-mode", choices=sorted(PRUNE_MODES))
+    g.add_argument("--token_keep_rate", "--token-keep-rate", type=float)
+    g.add_argument("--final_token_threshold", "--final-token-threshold", type=float)
+    g.add_argument("--scoring_mode", "--scoring-mode", choices=["mean", "mean_norm"])
+    g.add_argument("--approx_factor", "--approx-factor", type=int)
+    g.add_argument("--p_logit", "--p-logit", type=float, help="sttabt_concrete: reset every p-logit to this")
+    g.add_argument("--init_scout", "--init-scout", choices=["interpolate"],
+                   help="start a missing scout from the host by interpolation (untrained: a lower bound)")
+
+
+def checked_task(name: str) -> str:
+    try:
+        return task_spec(name).name
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def prune_settings(args: argparse.Namespace) -> dict:
+    names = ("prune_mode", "token_keep_rate", "final_token_threshold", "scoring_mode", "approx_factor", "p_logit")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def load_model(args: argparse.Namespace, **extra):
+    """The checkpoint under the command line's prune settings, in eval mode (``SystemExit`` on errors)."""
+    try:
+        model = load_checkpoint(args.checkpoint, init_scout=args.init_scout)
+        return reconfigure(model, init_scout=args.init_scout, **{**prune_settings(args), **extra}).eval()
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def load_tokenizer(args: argparse.Namespace):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: no tokenizer in {args.tokenizer or args.checkpoint} ({err}); "
+                         "pass --tokenizer NAME_OR_FOLDER") from None
+
+
+def dev_batches(args: argparse.Namespace, tokenizer, batch_size: int, *, sort_by_length: bool = True) -> list[dict]:
+    """Padded dev batches (the first ``--max_eval_samples`` rows); sorted by length, they hold little padding."""
+    from transformers import DataCollatorWithPadding
+
+    try:
+        dataset = load_glue(args.task, args.data_dir, "dev")
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.max_eval_samples is not None:
+        dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))
+    encoded = tokenize_glue(dataset, tokenizer, args.task, args.max_length)
+    order = list(range(len(encoded)))
+    if sort_by_length:
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        order.sort(key=lambda i: lengths[i])
+    collate = DataCollatorWithPadding(tokenizer)
+    return [dict(collate([encoded[i] for i in order[start:start + batch_size]]))
+            for start in range(0, len(order), batch_size)]
+
+
+def flops_meter(model) -> FlopsMeter:
+    """The FLOPs meter of ``model``'s encoder, its scout (or the oracle's dense planning pass) included."""
+    c = model.config
+    meter = FlopsMeter(c.hidden_size, c.intermediate_size, c.num_hidden_layers)
+    if c.prune_mode in SCOUT_MODES:
+        meter.scout_hidden = c.hidden_size // c.approx_factor
+        meter.scout_intermediate = c.intermediate_size // c.approx_factor
+    elif c.prune_mode == "sttabt_abt_oracle":
+        meter.scout_hidden, meter.scout_intermediate = c.hidden_size, c.intermediate_size
+    return meter
+
+
+def pruned_logits(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, counts) of the hard-mask pruned executor."""
+    ids, mask, types = model_inputs(batch)
+    out = model(ids, mask, types, masking_mode="hard", executor="pruned")
+    return out.logits, out.counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def evaluate(model, batches: list[dict], task: str, *, check_batches: int = DEFAULT_CHECK_BATCHES) -> dict:
+    """Task metrics, FLOPs and kept tokens of ``model`` (hard masks, pruned executor) on ``batches``;
+    ``max_abs_diff_pruned_masked`` over the first ``check_batches`` batches."""
+    meter = flops_meter(model)
+    logits, labels, diff = [], [], 0.0
+    for index, batch in enumerate(batches):
+        out, counts = pruned_logits(model, batch)
+        meter.update(counts, batch["attention_mask"].sum(-1))
+        if index < check_batches:
+            ids, mask, types = model_inputs(batch)
+            masked = model(ids, mask, types, masking_mode="hard", executor="masked").logits
+            diff = max(diff, float((out - masked).abs().max()))
+        logits.append(out.float())
+        labels.append(batch["labels"])
+    metrics = compute_metrics(task, torch.cat(logits), torch.cat(labels))
+    c = model.config
+    setting = {"prune_mode": c.prune_mode}
+    if c.prune_mode in KEEP_MODES:
+        setting["token_keep_rate"] = c.token_keep_rate
+    if c.prune_mode in THRESHOLD_MODES:
+        setting.update(final_token_threshold=c.final_token_threshold, scoring_mode=c.scoring_mode)
+    if c.prune_mode in SCOUT_MODES:
+        setting["approx_factor"] = c.approx_factor
+    return {**setting, **metrics, **meter.summary(), "max_abs_diff_pruned_masked": diff,
+            "checked_batches": min(check_batches, len(batches))}
+
+
+def sweep(args: argparse.Namespace) -> tuple[str, list[float]] | None:
+    """(setting, values) of a sweep, or None."""
+    if args.keep_rates and args.thresholds:
+        raise SystemExit("error: sweep --keep-rates or --thresholds, not both")
+    if args.keep_rates:
+        return "token_keep_rate", args.keep_rates
+    if args.thresholds:
+        return "final_token_threshold", args.thresholds
+    return None
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    head = (f"{'prune_mode':<20}{'keep':>7}{'thresh':>9}{metric:>22}{'rel_flops':>11}{'gflops':>9}{'kept':>7}"
+            f"{'max_diff':>10}")
+    lines = [head]
+    for r in rows:
+        keep = f"{r['token_keep_rate']:.3g}" if "token_keep_rate" in r else "-"
+        thresh = f"{r['final_token_threshold']:.3g}" if "final_token_threshold" in r else "-"
+        lines.append(f"{r['prune_mode']:<20}{keep:>7}{thresh:>9}{r[metric]:>22.4f}{r['relative_flops']:>11.3f}"
+                     f"{r['gflops']:>9.4g}{r['kept_mean']:>7.3f}{r['max_abs_diff_pruned_masked']:>10.1e}")
+    for r in rows:
+        per_layer = " ".join(f"{k:.2f}" for k in r["kept_per_layer"])
+        lines.append(f"kept per layer ({r['prune_mode']}, keep {r.get('token_keep_rate', '-')}, "
+                     f"threshold {r.get('final_token_threshold', '-')}): {per_layer}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_args(parser)
+    parser.add_argument("--keep-rates", "--keep_rates", type=float, nargs="+", help="sweep token_keep_rate")
+    parser.add_argument("--thresholds", type=float, nargs="+", help="sweep final_token_threshold")
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    parser.add_argument("--check_batches", "--check-batches", type=int, default=DEFAULT_CHECK_BATCHES,
+                        help="batches on which the masked executor checks the pruned one")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = checked_task(args.task)
+    values = sweep(args)
+    model = load_model(args)
+    if values is not None:
+        name, points = values
+        allowed = KEEP_MODES if name == "token_keep_rate" else THRESHOLD_MODES
+        if model.config.prune_mode not in allowed:
+            raise SystemExit(f"error: sweeping {name} needs --prune_mode {' or '.join(allowed)}, "
+                             f"not {model.config.prune_mode!r}")
+    tokenizer = load_tokenizer(args)
+    batches = dev_batches(args, tokenizer, args.batch_size)
+    if values is None:
+        rows = [evaluate(model, batches, task, check_batches=args.check_batches)]
+    else:
+        rows = []
+        for point in values[1]:
+            try:
+                variant = reconfigure(model, **{name: point}).eval()
+            except ValueError as err:
+                raise SystemExit(f"error: {err}") from None
+            rows.append(evaluate(variant, batches, task, check_batches=args.check_batches))
+    common = {"checkpoint": str(args.checkpoint), "task": task, "examples": sum(len(b["labels"]) for b in batches),
+              "host_type": model.config.host_type}
+    metric = task_spec(task).metric
+    if args.json:
+        print(json.dumps({**common, **rows[0]} if values is None else {**common, "rows": rows}))
+        return 0
+    print(f"{task} dev, {common['examples']} examples, {args.checkpoint} ({common['host_type']}), "
+          "hard masks, pruned executor")
+    print(format_table(rows, metric))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Dense fine-tuning of a BERT-family host on a GLUE task: the checkpoint LTP starts from.
+
+    python tools/run_glue.py --model_name_or_path bert-base-uncased --task SST2 --data_dir GLUE_DIR \\
+        --output_dir OUT --do_train --do_eval --per_device_train_batch_size 32 --learning_rate 2e-5 \\
+        --num_train_epochs 3
+
+Every ``transformers.TrainingArguments`` flag is accepted. Without ``--data_dir`` GLUE comes from the
+Hugging Face hub. OUT receives the model (the host's own class, e.g. ``BertForSequenceClassification``),
+its tokenizer, ``eval_results.json`` and ``trainer_state.json``; then run ``tools/convert_to_ltp.py OUT``.
+TensorBoard logs (``OUT/runs``) are on by default when tensorboard is installed (``--report_to none``: off).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ltp_nlp  # noqa: F401  (fixes torchvision before transformers; registers the LTP Auto classes)
+import datasets
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          HfArgumentParser, Trainer, TrainingArguments)
+from transformers.integrations import is_tensorboard_available
+
+from ltp_nlp.glue import glue_file, load_glue, task_spec, tokenize_glue
+from ltp_nlp.metrics import best_metric_name
+from ltp_nlp.trainer import glue_metrics
+
+REFERENCE_MAX_LENGTH = 128
+EVAL_RESULTS = "eval_results.json"
+
+
+@dataclass
+class GlueArguments:
+    model_name_or_path: str = field(metadata={"help": "pre-trained checkpoint (folder or hub name)"})
+    task: str = field(metadata={"help": "GLUE task: RTE, MRPC, STSB, SST2, QNLI, QQP, MNLI, CoLA",
+                                "aliases": ["--task_name"]})
+    data_dir: str | None = field(default=None, metadata={"help": "GLUE folder (holding SST-2/, ...); "
+                                                                 "default: the Hugging Face hub"})
+    max_seq_length: int = field(default=REFERENCE_MAX_LENGTH, metadata={"help": "truncate longer inputs"})
+    max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training examples"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N dev examples"})
+    tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer, if not model_name_or_path's"})
+
+
+def default_report_to() -> str:
+    """``tensorboard`` when it is installed, else ``none``."""
+    return "tensorboard" if is_tensorboard_available() else "none"
+
+
+def check_data(task: str, data_dir: str | None, splits: list[str]) -> None:
+    """Fail early, naming the missing file, when ``data_dir`` lacks a split."""
+    if data_dir is not None:
+        for split in splits:
+            glue_file(task, data_dir, split)
+
+
+def load_split(task: str, data_dir: str | None, split: str, tokenizer, max_length: int,
+               max_samples: int | None = None) -> datasets.Dataset:
+    """One GLUE split, cut to ``max_samples`` examples and tokenized (no padding: see the collator)."""
+    dataset = load_glue(task, data_dir, split)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"--max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {max_samples}")
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return tokenize_glue(dataset, tokenizer, task, max_length)
+
+
+def load_tokenizer(path: str, fallback: str | None = None):
+    """The tokenizer of ``fallback`` or ``path``, with a clear error when there is none."""
+    name = fallback or path
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"no tokenizer could be loaded from {name} ({err}); pass a tokenizer folder or hub name "
+                         "with --tokenizer_name") from None
+
+
+def write_results(folder: str | Path, metrics: dict) -> Path:
+    path = Path(folder) / EVAL_RESULTS
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def parse(argv: list[str] | None) -> tuple[GlueArguments, TrainingArguments]:
+    parser = HfArgumentParser((GlueArguments, TrainingArguments))
+    parser.set_defaults(report_to=default_report_to())
+    glue_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    spec = task_spec(glue_args.task)
+    glue_args.task = spec.name
+    if not (training_args.do_train or training_args.do_eval):
+        raise ValueError("nothing to do: pass --do_train and/or --do_eval")
+    if training_args.output_dir is None:
+        raise ValueError("--output_dir is required: the fine-tuned model is saved there")
+    if training_args.metric_for_best_model is None:
+        training_args.metric_for_best_model = best_metric_name(spec)
+        training_args.greater_is_better = True
+    return glue_args, training_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        glue_args, args = parse(argv)
+        splits = (["train"] if args.do_train else []) + (["dev"] if args.do_eval else [])
+        check_data(glue_args.task, glue_args.data_dir, splits)
+        spec = task_spec(glue_args.task)
+        tokenizer = load_tokenizer(glue_args.model_name_or_path, glue_args.tokenizer_name)
+        labels = dict(num_labels=spec.num_labels)
+        if not spec.is_regression:
+            labels.update(id2label=dict(enumerate(spec.labels)), label2id={k: i for i, k in enumerate(spec.labels)})
+        config = AutoConfig.from_pretrained(glue_args.model_name_or_path, finetuning_task=spec.name, **labels)
+        model = AutoModelForSequenceClassification.from_pretrained(glue_args.model_name_or_path, config=config)
+        load = dict(tokenizer=tokenizer, max_length=glue_args.max_seq_length)
+        train = load_split(spec.name, glue_args.data_dir, "train", max_samples=glue_args.max_train_samples,
+                           **load) if args.do_train else None
+        dev = load_split(spec.name, glue_args.data_dir, "dev", max_samples=glue_args.max_eval_samples,
+                         **load) if args.do_eval else None
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev, processing_class=tokenizer,
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=glue_metrics(spec.name))
+    if args.do_train:
+        result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_model(args.output_dir)   # model and tokenizer
+        trainer.save_state()
+    if args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        print(f"eval results: {write_results(args.output_dir, metrics)}")
+    print(f"model and tokenizer: {args.output_dir}")
+    print(f"next: python tools/convert_to_ltp.py {args.output_dir} --prune_mode absolute_threshold "
+          "--final_token_threshold 0.01 --scoring_mode mean")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
