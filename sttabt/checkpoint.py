@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -97,16 +97,16 @@ def load_teacher(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, 
     return model
 
 
-def atomic_save(payload: Any, path: str | os.PathLike) -> str:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: an
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], mode: str = "wb") -> str:
+    """Call ``write(file)`` on a temporary file in the same folder, fsync, then rename over ``path``: an
     interrupted write never leaves a truncated file, and the previous file stays until the rename."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -115,6 +115,11 @@ def atomic_save(payload: Any, path: str | os.PathLike) -> str:
             os.remove(tmp)
         raise
     return path
+
+
+def atomic_save(payload: Any, path: str | os.PathLike) -> str:
+    """``torch.save`` through :func:`atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, **extra: Any) -> str:

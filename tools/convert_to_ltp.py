@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import ltp_nlp  # noqa: F401  (registers LTPConfig)
+from sttabt.checkpoint import atomic_write
 from ltp_nlp.configuration_ltp import HOST_TYPES, PRUNE_MODES, SCORING_MODES, LTPConfig
 
 CONFIG_NAME = "config.json"
@@ -64,21 +63,6 @@ def converted(config: dict, args: argparse.Namespace, where: Path) -> dict:
     return new
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def convert(folder: str | Path, args: argparse.Namespace) -> dict:
     """Convert ``folder`` in place; returns the new configuration."""
     folder = Path(folder)
@@ -91,7 +75,8 @@ def convert(folder: str | Path, args: argparse.Namespace) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
     new = converted(config, args, folder)
-    write_atomically(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(new, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(text), mode="w")
     (folder / TRAINER_STATE).unlink(missing_ok=True)
     return new
 
