@@ -14,10 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,40 +22,23 @@ import torch  # noqa: E402
 
 from _common import add_model_args, build_model  # noqa: E402
 from sttabt.flops import sttabt_flops  # noqa: E402
+from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402,F401  (device_name: tools/demo.py)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
-
-def _timer(device: torch.device):
-    if device.type == "cuda":
-        def now():
-            torch.cuda.synchronize(device)
-            return time.perf_counter()
-        return now
-    return time.perf_counter
 
 
 def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32) -> dict:
     """Median images/s of the dense host and of the pruned model on the same batch."""
     device = images.device
-    now = _timer(device)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     runs = {"dense": lambda: model.host(images), "pruned": lambda: model(images)}
-    times = {name: [] for name in runs}
     with torch.inference_mode(), autocast:
-        for _ in range(warmup):
-            for fn in runs.values():
-                fn()
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                start = now()
-                fn()
-                times[name].append(now() - start)
+        times = time_alternately(runs, device=device, warmup=warmup, repeats=repeats)
         masks, _ = model.plan(images)
     flops = sttabt_flops(model, masks, executed=True).to_dict()
     batch = images.shape[0]
-    dense_img_s = batch / statistics.median(times["dense"])
-    pruned_img_s = batch / statistics.median(times["pruned"])
+    dense_img_s = per_second(batch, times["dense"])
+    pruned_img_s = per_second(batch, times["pruned"])
     speedup = pruned_img_s / dense_img_s
     ideal = flops["dense_gflops"] / flops["gflops"]
     return {
@@ -68,12 +48,6 @@ def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10
         "keep_mean": flops["keep_mean"],
         "dense_ms": [t * 1e3 for t in times["dense"]], "pruned_ms": [t * 1e3 for t in times["pruned"]],
     }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> int:

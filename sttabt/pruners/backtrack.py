@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .masks import ROUNDING_DIGITS, check_budget, cls_one_hot, fill_to_count, keep_count, topk_mask
+from .masks import check_budget, cls_one_hot, fill_to_count, keep_count, keep_counts, topk_mask
 
 IMPACT_MIX = 0.1  # p: how much a query's own importance weighs its attention row
 
@@ -54,7 +54,7 @@ def backtrack_topk(
         importance = importance / out.sum(-1, keepdim=True)
         if valid is not None:
             score = importance.masked_fill(~valid, -math.inf)
-            kept = fill_to_count(score, torch.zeros_like(out), _valid_counts(keep[layer], valid)) | out
+            kept = fill_to_count(score, torch.zeros_like(out), keep_counts(keep[layer], valid)) | out
         elif budget == "per_sample":
             kept = topk_mask(importance, keep_count(keep[layer], tokens)) | out
         else:
@@ -65,11 +65,6 @@ def backtrack_topk(
         out = kept
         masks.append(out)
     return torch.stack(masks[::-1]).to(attn[0].dtype)
-
-
-def _valid_counts(ratio: float, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) top-k size per sample: ``ceil(ratio * real length)``, at least 1."""
-    return torch.ceil(torch.round(ratio * valid.sum(-1).double(), decimals=ROUNDING_DIGITS)).long().clamp_min(1)
 
 
 def forward_topk(attn: Sequence[torch.Tensor], keep: Sequence[float]) -> torch.Tensor:

@@ -59,6 +59,11 @@ def keep_count(ratio: float, tokens: int) -> int:
     return max(1, math.ceil(round(ratio * int(tokens), ROUNDING_DIGITS)))  # int(): shapes are tensors under tracing
 
 
+def keep_counts(ratio: float, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) tokens kept per sample of a padded batch: ``ceil(ratio * real length)``, at least 1."""
+    return torch.ceil(torch.round(ratio * valid.sum(-1).double(), decimals=ROUNDING_DIGITS)).long().clamp_min(1)
+
+
 def check_keep(keep: float) -> float:
     keep = float(keep)
     if not (0.0 < keep <= 1.0):  # also rejects NaN

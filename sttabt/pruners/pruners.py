@@ -115,12 +115,18 @@ def manual_schedule(depth: int, keep: float) -> list[float]:
     return [1.0] * full + [1.0 - (1.0 - keep) * (i + 1) / tail for i in range(tail)]
 
 
+def keep_schedule(keep: float | Sequence[float], depth: int) -> list[float]:
+    """Per-layer keep ratios of the forward-selecting pruners: a float goes through
+    :func:`manual_schedule`, a sequence is checked (one ratio in (0, 1] per layer)."""
+    return manual_schedule(depth, keep) if isinstance(keep, (int, float)) else _schedule(keep, depth)
+
+
 class ManualTopKPruner(PlannedPruner):
     """Baseline: hand-set per-layer ratios, tokens chosen forwards by the attention they receive."""
 
     def __init__(self, depth: int, keep: float | Sequence[float] = 0.5):
         super().__init__()
-        self.keep = manual_schedule(depth, keep) if isinstance(keep, (int, float)) else _schedule(keep, depth)
+        self.keep = keep_schedule(keep, depth)
 
     def plan(self, attention, *, hard=True, budget=None, valid=None):
         self._hard_only(hard)
@@ -136,6 +142,7 @@ PRUNERS = {
     "abt": "attention back-tracking top-k on the scout's approximated attention (training-free)",
     "abt_oracle": "attention back-tracking top-k on the host's actual attention (needs a dense pass)",
     "manual": "hand-set per-layer top-k schedule, tokens chosen forwards by received attention",
+    "evit": "EViT-style top-k on the CLS attention of the scout (training-free)",
 }
 
 
@@ -145,7 +152,7 @@ def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
     if name == "concrete":
         if keep is not None:
             raise ValueError("the concrete pruner sets its keep ratio through p_logit (target sigmoid(p_logit)), "
-                             "not keep; use a top-k pruner ('abt', 'abt_oracle', 'manual') for a keep ratio")
+                             "not keep; use a top-k pruner ('abt', 'abt_oracle', 'manual', 'evit') for a keep ratio")
         return ConcretePruner(depth, p_logit)
     keep = 0.5 if keep is None else keep
     if name == "abt":
@@ -154,4 +161,8 @@ def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
         return BacktrackPruner(depth, keep, source="actual")
     if name == "manual":
         return ManualTopKPruner(depth, keep)
+    if name == "evit":
+        from .cls_topk import EViTPruner  # cls_topk builds on this module's base class
+
+        return EViTPruner(depth, keep, source="approx")
     raise ValueError(f"unknown pruner {name!r}: choose one of {', '.join(PRUNERS)}")
