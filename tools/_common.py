@@ -25,14 +25,19 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", type=int, help="classes, if not the model's default")
 
 
+def pruner_name(args: argparse.Namespace) -> str:
+    """The pruner the flags of :func:`add_model_args` choose: ``--pruner``, else concrete unless only
+    ``--keep`` is given (then abt)."""
+    return args.pruner or ("concrete" if args.p_logit is not None or args.keep is None else "abt")
+
+
 def build_model(args: argparse.Namespace):
     """An STTABT model in eval mode from the flags of :func:`add_model_args`."""
     if args.model not in timm.list_models("sttabt_*"):
         raise SystemExit(f"unknown model {args.model!r}; registered: {', '.join(timm.list_models('sttabt_*'))}")
     if args.p_logit is not None and not math.isfinite(args.p_logit):
         raise SystemExit(f"--p-logit must be a finite number, got {args.p_logit}")
-    pruner = args.pruner or ("concrete" if args.p_logit is not None or args.keep is None else "abt")
-    kwargs = dict(factor=args.factor, pruner=pruner, budget=args.budget)
+    kwargs = dict(factor=args.factor, pruner=pruner_name(args), budget=args.budget)
     if args.keep is not None:
         kwargs["keep"] = args.keep
     if args.p_logit is not None:

@@ -1,4 +1,4 @@
-"""What a stage reports: a JSON-lines log, TensorBoard scalars and a tqdm bar, on rank 0 only."""
+"""What a stage reports: a JSON-lines log, TensorBoard scalars (and pictures) and a tqdm bar, on rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -48,6 +48,17 @@ class StageLog:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self.writer.add_scalar(f"{tag}/{key}", value, step)
+
+    @property
+    def tensorboard(self) -> bool:
+        """True where this log writes TensorBoard events (rank 0, TensorBoard on)."""
+        return self.writer is not None
+
+    def images(self, step: int, pictures: dict[str, Any]) -> None:
+        """Write ``{tag: H x W x 3 uint8 array}`` pictures to TensorBoard (nothing without it)."""
+        if self.writer is not None:
+            for tag, picture in pictures.items():
+                self.writer.add_image(tag, picture, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.writer is not None:

@@ -73,12 +73,15 @@ def _mean_over_ranks(loop: Loop, metrics: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def fit(spec: StageSpec, loop: Loop, *, task: nn.Module, trained: nn.Module, loader,
-        evaluate: Callable[[nn.Module, nn.Module | None], dict]) -> tuple[dict, nn.Module | None]:
+        evaluate: Callable[[nn.Module, nn.Module | None], dict],
+        pictures: Callable[[nn.Module], dict] | None = None) -> tuple[dict, nn.Module | None]:
     """Train ``spec.epochs`` epochs (resuming from ``spec.folder`` when it holds a checkpoint).
 
     Returns the final metrics with their per-epoch history, and the EMA copy of ``trained`` (None
     without EMA). ``evaluate(model, ema_model)`` runs on every rank at the end of each epoch (with
-    ``ema_model`` None but in the last epoch) and returns metrics already reduced over processes."""
+    ``ema_model`` None but in the last epoch) and returns metrics already reduced over processes.
+    ``pictures(model) -> {tag: H x W x 3 uint8}`` runs after it on the rank that writes TensorBoard
+    only (so it must not communicate), under a forked RNG: it cannot change what is trained."""
     d = loop.dist
     per_epoch = loader.sampler.steps
     total_steps = spec.epochs * per_epoch
@@ -162,6 +165,9 @@ def fit(spec: StageSpec, loop: Loop, *, task: nn.Module, trained: nn.Module, loa
                    "epoch_seconds": round(time.perf_counter() - start, 3), **metrics}
         history.append(metrics)
         log.log("val", position.global_step, {k: v for k, v in metrics.items() if not isinstance(v, list)})
+        if pictures is not None and log.tensorboard:
+            with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []):
+                log.images(position.global_step, pictures(trained))
         if d.main:
             bar.write(f"[{spec.name}] epoch {epoch + 1}/{spec.epochs} " + _brief(metrics))
         position = Position(epoch + 1, 0, position.global_step)

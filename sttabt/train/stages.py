@@ -29,6 +29,7 @@ from . import augment, data
 from .distributed import Dist
 from .evaluate import scout_quality, sttabt_metrics, top1
 from .loop import Loop, StageSpec, fit
+from .pictures import token_pictures
 from .state import CHECKPOINT, RESULTS, read_results, seed_everything, write_json
 from .summary import write_summary
 from .tasks import Classification, ConcreteFineTuning, Distillation
@@ -220,8 +221,12 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
         metrics["p_logits"] = [round(v, 4) for v in m.pruner.p_logits.tolist()]
         return metrics
 
+    # only where TensorBoard is written (rank 0): reading the images costs the other ranks nothing
+    pictures = token_pictures(run.val, augment.eval_transform(a), run.dist.device) \
+        if run.dist.main and run.loop.tensorboard else None
     task = ConcreteFineTuning(model, dense, smoothing=a.smoothing, kd_weight=a.kd_weight)
-    result, ema = fit(spec, run.loop, task=task, trained=model, loader=train, evaluate=evaluate)
+    result, ema = fit(spec, run.loop, task=task, trained=model, loader=train, evaluate=evaluate,
+                      pictures=pictures)
     final = result["final"] or evaluate(model, None)
     if run.dist.main:
         save_checkpoint(model, folder / "model.pth", p_logit=p_logit)
