@@ -17,7 +17,10 @@ tokens entering each layer. On the first ``--check_batches`` batches the masked 
 the largest difference of their logits is printed: it must be float noise.
 
 A sweep (``--keep-rates`` or ``--thresholds``) gives one row per value; ``--json`` prints one JSON
-object: the row itself for one setting, or the common fields with ``rows`` for a sweep.
+object: the row itself for one setting, or the common fields with ``rows`` for a sweep. ``--output F``
+writes that object to F as well (what ``tools/plot.py --glue`` reads; ``--label`` names the series,
+otherwise the plot names it from the prune mode and ``learned``: whether the checkpoint's LTP
+thresholds or STTABT p-logits were trained).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from ltp_nlp.distill import load_checkpoint, model_inputs, reconfigure
 from ltp_nlp.flops import FlopsMeter
 from ltp_nlp.glue import load_glue, task_spec, tokenize_glue
 from ltp_nlp.metrics import compute_metrics
+from ltp_nlp.results import learned
+from sttabt.checkpoint import atomic_write
 
 KEEP_MODES = ("topk", "sttabt_abt", "sttabt_abt_oracle")  # the modes --keep-rates sweeps
 THRESHOLD_MODES = ("absolute_threshold",)                 # the modes --thresholds sweeps
@@ -156,7 +161,7 @@ def evaluate(model, batches: list[dict], task: str, *, check_batches: int = DEFA
         labels.append(batch["labels"])
     metrics = compute_metrics(task, torch.cat(logits), torch.cat(labels))
     c = model.config
-    setting = {"prune_mode": c.prune_mode}
+    setting = {"prune_mode": c.prune_mode, "learned": learned(model)}
     if c.prune_mode in KEEP_MODES:
         setting["token_keep_rate"] = c.token_keep_rate
     if c.prune_mode in THRESHOLD_MODES:
@@ -204,6 +209,8 @@ def main(argv=None) -> int:
                         help="batches on which the masked executor checks the pruned one")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--output", "-o", help="also write the JSON object to this file (read by tools/plot.py --glue)")
+    parser.add_argument("--label", help="series name for tools/plot.py (default: from the prune mode)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,13 +237,20 @@ def main(argv=None) -> int:
             rows.append(evaluate(variant, batches, task, check_batches=args.check_batches))
     common = {"checkpoint": str(args.checkpoint), "task": task, "examples": sum(len(b["labels"]) for b in batches),
               "host_type": model.config.host_type}
+    if args.label:
+        common["method"] = args.label
     metric = task_spec(task).metric
+    result = {**common, **rows[0]} if values is None else {**common, "rows": rows}
+    if args.output:
+        atomic_write(args.output, lambda f: f.write(json.dumps(result, indent=2) + "\n"), mode="w")
     if args.json:
-        print(json.dumps({**common, **rows[0]} if values is None else {**common, "rows": rows}))
+        print(json.dumps(result))
         return 0
     print(f"{task} dev, {common['examples']} examples, {args.checkpoint} ({common['host_type']}), "
           "hard masks, pruned executor")
     print(format_table(rows, metric))
+    if args.output:
+        print(f"results: {args.output}")
     return 0
 
 
