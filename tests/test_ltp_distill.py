@@ -204,3 +204,25 @@ def test_distill_reports_bad_inputs_without_leaving_folders(setup, tmp_path, cap
     assert distill_scout_glue.main(["--restore", str(host), "--task", "SST2", "--factor", "3",
                                     "--output_dir", str(out), "--no_progress"]) == 2
     assert "approx_factor 3 does not split" in capsys.readouterr().err
+
+
+def test_eval_glue_output_file_feeds_the_glue_figure(capsys, tmp_path, distilled, setup):
+    from ltp_nlp.results import ABT_APPROX, CONCRETE_UNTRAINED, read_eval_file
+
+    _, glue, _ = setup
+    data = ["--task", "SST2", "--data_dir", str(glue), "--json"]
+    path = tmp_path / "abt.json"
+    out = _json(capsys, eval_glue.main, ["--checkpoint", str(distilled), *data, "--keep-rates", "0.3", "0.7",
+                                         "--output", str(path)])
+    assert json.loads(path.read_text()) == out and [r["learned"] for r in out["rows"]] == [False, False]
+    points = read_eval_file(path)
+    assert [(p.method, p.metric, p.kept) for p in points] == \
+        [(ABT_APPROX, r["accuracy"], r["kept_mean"]) for r in out["rows"]]
+    path = tmp_path / "concrete.json"
+    out = _json(capsys, eval_glue.main, ["--checkpoint", str(distilled), *data, "--prune_mode", "sttabt_concrete",
+                                         "--p_logit", "-1", "--output", str(path), "--label", "mine"])
+    assert out["learned"] is False and out["method"] == "mine"
+    assert read_eval_file(path)[0].method == "mine"
+    out["method"] = None
+    path.write_text(json.dumps(out))
+    assert read_eval_file(path)[0].method == CONCRETE_UNTRAINED

@@ -159,3 +159,24 @@ def test_glue_inputs_errors(tmp_path):
         read_run_folder(plain)
     (point,) = read_glue([f"SST2={plain}"])[0]
     assert point.method == "dense" and point.metric == 0.88
+
+
+def test_learned_pruner_values_name_the_method():
+    import torch
+    from torch import nn
+
+    from ltp_nlp.results import learned, method_name
+
+    model = nn.Module()
+    model.pruner = nn.Module()
+    model.pruner.threshold_delta = nn.Parameter(torch.zeros(4))
+    assert not learned(model) and method_name("absolute_threshold", trained=False) == "manual threshold"
+    model.pruner.threshold_delta.data[2] = 1e-4
+    assert learned(model) and method_name("absolute_threshold", trained=True) == LTP
+    del model.pruner.threshold_delta
+    model.pruner.p_logits = nn.Parameter(torch.full((4,), -1.0))
+    assert not learned(model)
+    model.pruner.p_logits.data[0] = -0.9
+    assert learned(model)
+    with pytest.raises(ValueError, match="no GLUE-figure method"):
+        method_name("mystery", trained=False)
