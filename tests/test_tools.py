@@ -64,3 +64,21 @@ def test_benchmark_reports_side_by_side(capsys):
     assert out["speedup"] == pytest.approx(out["pruned_img_s"] / out["dense_img_s"])
     assert out["ideal_speedup"] == pytest.approx(out["dense_gflops"] / out["gflops"])
     assert len(out["dense_ms"]) == len(out["pruned_ms"]) == 3
+
+
+def test_tools_rebuild_a_trained_checkpoint_of_its_own_shape(tmp_path, capsys):
+    """A training run's model.pth (a custom-shaped host) loads by --checkpoint alone; --keep swaps in a
+    top-k pruner on the same host and scout; flags that contradict the checkpoint are refused."""
+    import sttabt
+    from conftest import tiny
+
+    model = tiny("sttabt_deit_tiny", p_logit=-1.0)
+    path = tmp_path / "model.pth"
+    sttabt.save_checkpoint(model, path)
+    own = _json(capsys, flops.main, ["--checkpoint", str(path), "--num-images", "2", "--json"])
+    assert (own["model"], own["pruner"], own["factor"]) == ("sttabt_deit_tiny", "ConcretePruner", 4)
+    assert len(own["keep_per_layer"]) == 3
+    abt = _json(capsys, flops.main, ["--checkpoint", str(path), "--keep", "0.5", "--num-images", "2", "--json"])
+    assert abt["pruner"] == "BacktrackPruner" and abt["dense_gflops"] == own["dense_gflops"]
+    with pytest.raises(SystemExit, match="--model sttabt_deit_small but the checkpoint holds sttabt_deit_tiny"):
+        flops.main(["--checkpoint", str(path), "--model", "sttabt_deit_small"])
