@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from _common import add_model_args, build_model, pruner_name  # noqa: E402
-from sttabt.data import IMAGE_SUFFIXES, eval_transform, list_images, load_images  # noqa: E402
+from sttabt.data import IMAGE_SUFFIXES, eval_transform, list_images, load_images, spread  # noqa: E402
 from sttabt.pruners import PRUNERS, create_pruner  # noqa: E402
 from sttabt.visualize import layer_row, model_keep_maps, normalisation, pruner_grid, to_display  # noqa: E402
 
@@ -33,7 +33,8 @@ BATCH_SIZE = 16  # images planned at once
 
 
 def find_images(paths: list[str], limit: int | None = None) -> list[Path]:
-    """Image files named directly or found under folders, in the order given (folders sorted)."""
+    """Image files named directly or found under folders, in the order given (folders sorted);
+    ``limit``: that many, spread evenly over the list (so a class-sorted folder shows every class)."""
     files: list[Path] = []
     for path in paths:
         if os.path.isdir(path):
@@ -47,7 +48,7 @@ def find_images(paths: list[str], limit: int | None = None) -> list[Path]:
             raise SystemExit(f"error: no such image file or folder: {path}")
     if not files:
         raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)}")
-    return files[:limit] if limit else files
+    return spread(files, limit)
 
 
 def grid_pruners(args: argparse.Namespace, model) -> dict[str, object]:
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pruners", nargs="+", metavar="NAME",
                         help=f"pruners of the comparison grid, from {', '.join(PRUNERS)} "
                              "(default: the model's own and every training-free one)")
-    parser.add_argument("--limit", type=int, help="at most this many images")
+    parser.add_argument("--limit", type=int, help="at most this many images, spread evenly over those found")
     args = parser.parse_args(argv)
     if not args.images:
         if any(os.path.exists(name) for name in args.pruners or []):
