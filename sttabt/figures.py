@@ -32,6 +32,7 @@ GLUE_STYLE = {                          # method -> (colour, marker, line style)
     "manual top-k": ("tab:orange", "^", "-"),
     "manual threshold": ("tab:purple", "v", ":"),
 }
+EXTRA_STYLES = [(c, "P", "--") for c in ("tab:olive", "tab:cyan", "tab:brown", "tab:pink", "tab:gray")]
 
 
 def _figure(panels: int, rows: int = 1):
@@ -110,9 +111,10 @@ def glue_figure(points: Sequence) -> "Figure":  # noqa: F821  (matplotlib's Figu
         series: dict[str, list] = defaultdict(list)
         for p in by_task[task]:
             series[p.method].append(p)
-        order = list(GLUE_STYLE) + sorted(set(series) - set(GLUE_STYLE))
-        for method in (m for m in order if m in series):
-            colour, marker, style = GLUE_STYLE.get(method, (None, "o", "-"))
+        extra = sorted(set(series) - set(GLUE_STYLE))      # labelled series (eval_glue.py --label)
+        styles = {**GLUE_STYLE, **{m: EXTRA_STYLES[i % len(EXTRA_STYLES)] for i, m in enumerate(extra)}}
+        for method in (m for m in [*GLUE_STYLE, *extra] if m in series):
+            colour, marker, style = styles[method]
             pts = sorted(series[method], key=lambda p: p.kept)
             if method == "dense":
                 ax.axhline(pts[0].metric * 100, color=colour, ls=style, lw=1, label=method)

@@ -146,8 +146,13 @@ def test_topk_baseline(glue, converted):
     out = converted / "topk" / "lr_1e-05"
     config = json.loads((out / "config.json").read_text())
     assert config["prune_mode"] == "topk" and config["token_keep_rate"] == 0.3
+    assert config["finetuning_task"] == "SST2"  # tools/plot.py --glue reads the task from here
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_relative_flops"] < 1
+    from ltp_nlp.results import MANUAL_TOPK, read_run_folder
+
+    (point,) = read_run_folder(out)
+    assert (point.task, point.method, point.relative_flops) == ("SST2", MANUAL_TOPK, results["eval_relative_flops"])
 
 
 @pytest.mark.parametrize("flags, message", [

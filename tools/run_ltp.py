@@ -197,6 +197,7 @@ def load_model(args: argparse.Namespace) -> LTPForSequenceClassification:
     if model.config.num_labels != spec.num_labels:
         raise ValueError(f"{args.restore} has {model.config.num_labels} output labels but {spec.name} needs "
                          f"{spec.num_labels}: restore a checkpoint fine-tuned on {spec.name}")
+    model.config.finetuning_task = spec.name  # saved with the model: what tools/plot.py --glue reads
     return model
 
 
