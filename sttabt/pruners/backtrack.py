@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .masks import check_budget, cls_one_hot, fill_to_count, keep_count, keep_counts, topk_mask
+from .masks import check_plan_inputs, cls_one_hot, fill_to_count, keep_count, keep_counts, topk_mask
 
 IMPACT_MIX = 0.1  # p: how much a query's own importance weighs its attention row
 
@@ -38,13 +38,8 @@ def backtrack_topk(
     ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
     ``T`` above becomes each sample's real length (per-sample budget only).
     """
-    check_budget(budget)
-    if valid is not None and budget != "per_sample":
-        raise ValueError("inputs with padding (valid=...) need budget='per_sample'")
+    batch, tokens = check_plan_inputs(attn, keep, budget, valid)
     depth = len(attn)
-    if len(keep) != depth:
-        raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
-    batch, tokens, _ = attn[0].shape
     out = cls_one_hot(batch, tokens, device=attn[0].device, dtype=torch.bool)
     weight = out.to(attn[0].dtype)  # impact weights w, zero outside O_{l+1}
     masks = [out]

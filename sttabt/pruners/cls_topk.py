@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from .masks import CLS_INDEX, check_budget, cls_one_hot, fill_to_count, keep_count, keep_counts
+from .masks import CLS_INDEX, check_plan_inputs, cls_one_hot, fill_to_count, keep_count, keep_counts
 from .pruners import PlannedPruner, keep_schedule
 
 
@@ -46,13 +46,8 @@ def cls_topk(
     ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
     ``T`` becomes each sample's real length; needs ``budget="per_sample"``.
     """
-    check_budget(budget)
-    if valid is not None and budget != "per_sample":
-        raise ValueError("inputs with padding (valid=...) need budget='per_sample'")
+    batch, tokens = check_plan_inputs(attn, keep, budget, valid)
     depth = len(attn)
-    if len(keep) != depth:
-        raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
-    batch, tokens, _ = attn[0].shape
     device = attn[0].device
     cls = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
     alive = torch.ones(batch, tokens, dtype=torch.bool, device=device) if valid is None else valid | cls

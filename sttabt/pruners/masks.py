@@ -27,6 +27,18 @@ def check_budget(budget: str) -> str:
     return budget
 
 
+def check_plan_inputs(attn, keep, budget: str, valid) -> tuple[int, int]:
+    """The (batch, tokens) of a top-k planner's inputs, after checking the budget, one keep ratio per
+    layer, and that padded inputs (``valid``) use per-sample budgets."""
+    check_budget(budget)
+    if valid is not None and budget != "per_sample":
+        raise ValueError("inputs with padding (valid=...) need budget='per_sample'")
+    if len(keep) != len(attn):
+        raise ValueError(f"need one keep ratio per layer ({len(attn)}), got {len(keep)}")
+    batch, tokens, _ = attn[0].shape
+    return batch, tokens
+
+
 def cls_one_hot(batch: int, tokens: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """(B, T) mask holding only the CLS token."""
     mask = torch.zeros(batch, tokens, device=device, dtype=dtype)
