@@ -133,13 +133,23 @@ def read_run_folder(folder: str | Path, task: str | None = None) -> list[GluePoi
     return [_point(final, task, method, str(folder), prefix=prefix)]
 
 
+def _task_prefix(item: str) -> tuple[str | None, Path]:
+    """``"TASK=PATH"`` -> (task, path) when the prefix is a GLUE task name; else (None, the whole item)."""
+    task, sep, rest = item.partition("=")
+    if sep:
+        try:
+            return task_spec(task).name, Path(rest)
+        except ValueError:
+            pass
+    return None, Path(item)
+
+
 def read_glue(paths: list[str]) -> tuple[list[GluePoint], list[str]]:
     """Points from files and folders (``TASK=PATH`` names the task of a folder whose config does not);
     the unreadable ones give one message each."""
     points, problems = [], []
     for item in paths:
-        task, _, path = item.rpartition("=") if "=" in item else (None, "", item)
-        path = Path(path)
+        task, path = _task_prefix(item)
         try:
             if path.is_dir():
                 points += read_run_folder(path, task or None)

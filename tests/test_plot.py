@@ -159,6 +159,9 @@ def test_glue_inputs_errors(tmp_path):
         read_run_folder(plain)
     (point,) = read_glue([f"SST2={plain}"])[0]
     assert point.method == "dense" and point.metric == 0.88
+    odd = plain.rename(tmp_path / "lr=1e-5")           # an "=" in the path is not a task prefix
+    (point,) = read_glue([f"SST2={odd}"])[0]
+    assert point.task == "SST2" and point.source == str(odd)
 
 
 def test_learned_pruner_values_name_the_method():

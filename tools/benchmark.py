@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from _common import add_model_args, build_model  # noqa: E402
 from sttabt.flops import sttabt_flops  # noqa: E402
-from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402,F401  (device_name: tools/demo.py)
+from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

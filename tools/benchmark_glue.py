@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -37,6 +35,7 @@ from ltp_nlp.distill import PRUNER_KEY, SCOUT_KEY, model_inputs  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
 from ltp_nlp.host import SEQUENCE_CLASSIFIERS  # noqa: E402
 from ltp_nlp.metrics import compute_metrics  # noqa: E402
+from sttabt.timing import device_name, per_second  # noqa: E402
 
 DEFAULT_MAX_EXAMPLES = 512
 
@@ -84,8 +83,8 @@ def benchmark(model, dense, batches: list[dict], task: str, *, repeats: int = 5,
     labels = torch.cat(labels)
     dense_logits, pruned_out = torch.cat(dense_logits), torch.cat(pruned_out)
     flops = meter.summary()
-    dense_ex_s = examples / statistics.median(times["dense"])
-    pruned_ex_s = examples / statistics.median(times["pruned"])
+    dense_ex_s = per_second(examples, times["dense"])
+    pruned_ex_s = per_second(examples, times["pruned"])
     speedup = pruned_ex_s / dense_ex_s
     ideal = 1 / flops["relative_flops"]
     spec = task_spec(task)
@@ -104,10 +103,6 @@ def benchmark(model, dense, batches: list[dict], task: str, *, repeats: int = 5,
                                                 "kept_mean", "kept_per_layer")},
             "examples": examples, "dense_ms": [t * 1e3 for t in times["dense"]],
             "pruned_ms": [t * 1e3 for t in times["pruned"]]}
-
-
-def device_name() -> str:
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> int:
@@ -134,7 +129,8 @@ def main(argv=None) -> int:
     result = {"checkpoint": str(args.checkpoint), "task": task, "host_type": c.host_type, "prune_mode": c.prune_mode,
               "token_keep_rate": c.token_keep_rate, "final_token_threshold": c.final_token_threshold,
               "batch_size": args.batch_size, "batches": "dataset order" if args.no_sort else "length-sorted",
-              "dense_attention": dense.config._attn_implementation, "device": device_name(), "torch": torch.__version__,
+              "dense_attention": dense.config._attn_implementation, "device": device_name(torch.device("cpu")),
+              "torch": torch.__version__,
               **benchmark(model, dense, batches, task, repeats=args.repeats, warmup=args.warmup)}
     if args.json:
         print(json.dumps(result))

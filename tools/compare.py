@@ -35,7 +35,9 @@ from tqdm import tqdm  # noqa: E402
 import sttabt  # noqa: E402  (registers the models)
 import timm  # noqa: E402
 from sttabt import compare  # noqa: E402
+from sttabt.checkpoint import atomic_write  # noqa: E402
 from sttabt.data import eval_transform, labelled_images, load_images  # noqa: E402
+from sttabt.figures import save_figure  # noqa: E402
 from sttabt.pruners.masks import check_keep  # noqa: E402
 from sttabt.timing import device_name  # noqa: E402
 
@@ -45,7 +47,6 @@ CSV_COLUMNS = ("pruner", "keep", "budget", "top1", "correct", "images", "keep_me
                "planning_gflops", "planning_pass", "relative_flops", "ideal_speedup", "dense_img_s",
                "pruned_img_s", "speedup")
 IDEAL_POINTS = 100  # points of the ideal-speedup curve
-FIG_DPI = 150
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,12 +139,14 @@ def print_table(rows: list[dict]) -> None:
 
 
 def write_csv(rows: list[dict], path: str) -> None:
-    with open(path, "w", newline="") as f:
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=[*CSV_COLUMNS, "keep_per_layer"])
         writer.writeheader()
         for r in rows:
             writer.writerow({**{k: r[k] for k in CSV_COLUMNS},
                              "keep_per_layer": " ".join(f"{k:.4f}" for k in r["keep_per_layer"])})
+
+    atomic_write(path, write, mode="w")
 
 
 def figure(rows: list[dict], title: str):
@@ -176,10 +179,8 @@ def figure(rows: list[dict], title: str):
 
 
 def write_outputs(report: dict, out: str) -> list[str]:
-    os.makedirs(out, exist_ok=True)
     paths = [os.path.join(out, "compare.json"), os.path.join(out, "compare.csv")]
-    with open(paths[0], "w") as f:
-        json.dump(report, f, indent=2)
+    atomic_write(paths[0], lambda f: json.dump(report, f, indent=2), mode="w")
     write_csv(report["rows"], paths[1])
     try:
         import matplotlib  # noqa: F401
@@ -187,10 +188,7 @@ def write_outputs(report: dict, out: str) -> list[str]:
         warnings.warn("matplotlib is not installed: no figure (pip install -e '.[plots]')", stacklevel=2)
         return paths
     fig = figure(report["rows"], f"{report['settings']['model']}, {report['settings']['images']} images")
-    for ext in ("png", "svg"):
-        paths.append(os.path.join(out, f"compare.{ext}"))
-        fig.savefig(paths[-1], dpi=FIG_DPI)
-    return paths
+    return paths + [str(path) for path in save_figure(fig, out, "compare")]
 
 
 def main(argv=None) -> int:

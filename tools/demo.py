@@ -16,7 +16,8 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 
 import sttabt  # noqa: E402,F401
-from benchmark import benchmark, device_name  # noqa: E402
+from benchmark import benchmark  # noqa: E402
+from sttabt.timing import device_name  # noqa: E402
 from sttabt.flops import sttabt_flops  # noqa: E402
 from sttabt.registry import HOSTS  # noqa: E402
 
