@@ -17,6 +17,7 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
 from .executors import HostOutput, forward_masked
+from .inputs import check_factor
 
 DEFAULT_FACTOR = 4
 ATTN_EPS = 1e-7            # inside the attention KL
@@ -26,6 +27,7 @@ PRED_WEIGHT = 1.0          # weight of L_pred (MSE between softmax outputs)
 
 def thin_kwargs(host: VisionTransformer, factor: int) -> dict:
     """Constructor arguments of a thin copy of ``host`` (same class)."""
+    factor = check_factor(factor)
     dim = host.embed_dim
     if dim % factor or (dim // factor) % host.blocks[0].attn.num_heads:
         raise ValueError(f"factor {factor} does not divide width {dim} into "

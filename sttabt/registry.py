@@ -10,6 +10,7 @@ from __future__ import annotations
 import timm
 from timm.models import register_model
 
+from .inputs import check_depth, check_factor
 from .wrap import STTABT, wrap
 
 _WRAP_KWARGS = ("factor", "pruner", "p_logit", "keep", "budget", "scout_init")
@@ -30,6 +31,13 @@ def _create(name: str, pretrained: bool, **kwargs) -> STTABT:
                          "load a dense teacher with sttabt.load_teacher(model, path) or a saved STTABT "
                          "checkpoint with sttabt.load_checkpoint(model, path)")
     options = {k: kwargs.pop(k) for k in _WRAP_KWARGS if k in kwargs}
+    try:  # before the host is built
+        if "factor" in options:
+            check_factor(options["factor"])
+        if "depth" in kwargs:
+            check_depth(kwargs["depth"])
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
     kwargs.pop("pretrained_cfg", None)
     kwargs.pop("pretrained_cfg_overlay", None)
     host = timm.create_model(HOSTS[name], pretrained=False, **kwargs)

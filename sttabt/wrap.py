@@ -9,6 +9,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .approx import DEFAULT_FACTOR, ApproxNet
 from .executors import HostOutput, check_host, forward_masked, forward_pruned, has_token_head
+from .inputs import check_depth, check_images, install_host_check
 from .pruners import PlannedPruner, create_pruner
 from .pruners.masks import check_budget
 
@@ -37,6 +38,7 @@ class STTABT(nn.Module):
                  budget: str | None = None):
         super().__init__()
         check_host(host)
+        install_host_check(host)  # host(x) refuses the inputs model(x) refuses
         self.host = host
         self.scout = scout
         self.pruner = pruner
@@ -56,6 +58,7 @@ class STTABT(nn.Module):
     def plan(self, images: torch.Tensor, *, hard: bool = True, budget: str | None = None
              ) -> tuple[torch.Tensor, HostOutput | None]:
         """The pruner's (L + 1, B, T) plan for ``images`` and the scout output it was made from."""
+        check_images(images, self.host)  # every forward plans first: one check for all of them
         budget = check_budget(budget or self.budget or self.pruner.default_budget)
         kind = self.pruner.attention
         if self.pruner.source == "actual":
@@ -117,6 +120,7 @@ def wrap(
     layer) of the top-k pruners; ``budget``: default batching mode (see :class:`STTABT`).
     """
     check_host(model)
+    check_depth(len(model.blocks))
     if isinstance(pruner, str):
         pruner = create_pruner(pruner, len(model.blocks), p_logit=p_logit, keep=keep)
     scout = ApproxNet(model, factor, init=scout_init)
