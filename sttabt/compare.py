@@ -32,7 +32,7 @@ PERCENT = 100.0
 @dataclass
 class Variant:
     pruner: str
-    keep: float
+    keep: float | None  # None for a pruner without one keep ratio (a checkpoint's trained concrete pruner)
     model: STTABT
 
 
@@ -132,7 +132,7 @@ def table(base: STTABT, runs: Sequence[Variant], dense: Tally, tallies: Sequence
         gflops = host + planning
         row_dense, row_pruned = per_second(batch, times[DENSE]), per_second(batch, times["pruned"])
         rows.append({
-            "pruner": run.pruner, "keep": run.keep, "budget": run.model.pruner.default_budget,
+            "pruner": run.pruner, "keep": run.keep, "budget": run.model.budget or run.model.pruner.default_budget,
             "top1": PERCENT * tally.correct / tally.images, "correct": tally.correct, "images": tally.images,
             "keep_mean": tally.mean("keep_mean"), "gflops": gflops, "host_gflops": host,
             "planning_gflops": planning, "planning_pass": planning_pass(run.model),

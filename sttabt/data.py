@@ -91,8 +91,7 @@ def labelled_images(folder: str | os.PathLike, *, limit: int | None = None) -> L
 
 def spread(items: Sequence, limit: int | None) -> list:
     """``limit`` items picked at even steps (all of them when ``limit`` is None or not smaller)."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of images, got {limit}")
+    check_count("limit", limit)
     if limit is None or limit >= len(items):
         return list(items)
     return [items[i * len(items) // limit] for i in range(limit)]
@@ -107,24 +106,70 @@ def eval_transform(model: nn.Module) -> Callable:
     return create_transform(**config)
 
 
-def load_images(paths: Sequence[str], transform: Callable) -> torch.Tensor:
-    """(N, 3, H, W) batch of the images at ``paths``, converted to RGB and transformed."""
+class BadImageError(ValueError):
+    """A file among the images that PIL cannot read; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: not a readable image ({reason}); remove or replace it")
+        self.path = path
+
+
+def read_image(path: str, transform: Callable) -> torch.Tensor:
+    """One image file, converted to RGB and transformed; :class:`BadImageError` names an unreadable file."""
     from PIL import Image
 
-    chunk = []
-    for path in paths:
+    try:
         with Image.open(path) as image:
-            chunk.append(transform(image.convert("RGB")))
-    return torch.stack(chunk)
+            return transform(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL's errors for bad files
+        raise BadImageError(str(path), str(err) or type(err).__name__) from None
+
+
+def load_images(paths: Sequence[str], transform: Callable) -> torch.Tensor:
+    """(N, 3, H, W) batch of the images at ``paths``, converted to RGB and transformed; the first
+    unreadable file raises :class:`BadImageError` naming it."""
+    if not paths:
+        raise ValueError("no image files to load")
+    return torch.stack([read_image(path, transform) for path in paths])
+
+
+def load_readable(paths: Sequence[str], transform: Callable) -> tuple[torch.Tensor | None, list[int], list[str]]:
+    """Like :func:`load_images`, skipping unreadable files: the batch of the readable ones (None when
+    there is none), their positions in ``paths``, and the unreadable paths."""
+    images, kept, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(read_image(path, transform))
+            kept.append(i)
+        except BadImageError:
+            bad.append(str(path))
+    return (torch.stack(images) if images else None), kept, bad
+
+
+def check_count(name: str, value: int | None, *, minimum: int = 1) -> int | None:
+    """``value`` when it is None or a whole number >= ``minimum``, else a ``ValueError`` naming ``name``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return value
 
 
 def image_batches(folder: str | os.PathLike, model: nn.Module, *, batch_size: int = 32,
-                  limit: int | None = None) -> Iterator[torch.Tensor]:
+                  limit: int | None = None, skipped: list[str] | None = None) -> Iterator[torch.Tensor]:
     """Batches of images from ``folder`` (flat or one sub-folder per class), preprocessed the way
     ``model`` expects (timm's ``resolve_data_config`` + eval ``create_transform``); ``limit``: the
-    first ``limit`` images of the sorted list."""
+    first ``limit`` images of the sorted list. An unreadable file raises :class:`BadImageError`, or,
+    when a ``skipped`` list is given, is appended to it and left out."""
+    check_count("batch_size", batch_size)
+    check_count("limit", limit)
     files = list_images(folder)
     transform = eval_transform(model)
     files = files[:limit] if limit else files
     for start in range(0, len(files), batch_size):
-        yield load_images(files[start:start + batch_size], transform)
+        chunk = files[start:start + batch_size]
+        if skipped is None:
+            yield load_images(chunk, transform)
+            continue
+        images, _, bad = load_readable(chunk, transform)
+        skipped += bad
+        if images is not None:
+            yield images

@@ -19,9 +19,10 @@ def _tracing() -> bool:
     """True while torch.compile / torch.export (dynamo), TorchScript or torch.fx trace the model."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return True
-    from torch.fx._symbolic_trace import is_fx_tracing
+    from torch.fx import _symbolic_trace as fx
 
-    return is_fx_tracing()
+    symbolic = getattr(fx, "is_fx_symbolic_tracing", None)  # newer torch; is_fx_tracing warns there
+    return symbolic() if symbolic is not None else fx.is_fx_tracing()
 
 
 def _in_chans(host: nn.Module) -> int:

@@ -4,7 +4,9 @@ A *sweep* is one run folder of ``tools/train_imagenet.py`` (``OUTPUT/<model>-f<f
 :mod:`sttabt.train.stages`): a dense row (the teacher) and one row per p-logit. It is read from
 ``summary.json`` when the run finished; when it did not, from the stage folders' ``results.json``
 that exist, and every missing file is named in :attr:`Sweep.missing` so that the caller can say
-what is absent and still plot what is there.
+what is absent and still plot what is there. A file that is there but truncated or not the training
+tool's (not JSON, not an object, a row without its numbers) raises :class:`ResultsFileError` naming
+the file and what is wrong: it is never drawn as a partial or empty series.
 """
 from __future__ import annotations
 
@@ -61,13 +63,50 @@ class Sweep:
                 "dense": self.dense.to_dict() if self.dense else None, "points": [p.to_dict() for p in self.points]}
 
 
+# the numbers each kind of row must hold
+DENSE_SUMMARY_FIELDS = ("hard_top1", "gflops")
+CONCRETE_FIELDS = ("p_logit", "hard_top1", "keep_mean", "gflops")
+TEACHER_FIELDS = ("top1", "gflops")
+WRITER = "tools/train_imagenet.py"
+
+
+class ResultsFileError(ValueError):
+    """A results file that is truncated or was not written by the training tool."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"{path}: {problem}; it is not a file {WRITER} wrote whole: rerun that stage "
+                         "(or its run with --auto-resume) or move the file away")
+        self.path = path
+
+
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise ResultsFileError(path, "not text (not UTF-8)") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); was it written by another tool?") from None
+        what = "empty" if not text.strip() else f"not valid JSON ({err}), truncated?"
+        raise ResultsFileError(path, what) from None
+    if not isinstance(data, dict):
+        raise ResultsFileError(path, f"a JSON {type(data).__name__}, not the object of named results")
+    return data
+
+
+def _check_row(row, fields: tuple[str, ...], path: Path, what: str) -> dict:
+    """``row`` when it is an object holding every one of ``fields`` as a number, else the error."""
+    if not isinstance(row, dict):
+        raise ResultsFileError(path, f"{what} is a {type(row).__name__}, not an object")
+    missing = [k for k in fields if k not in row]
+    wrong = [k for k in fields if k in row and (isinstance(row[k], bool) or not isinstance(row[k], (int, float)))]
+    if missing or wrong:
+        parts = ([f"no {', '.join(missing)}"] if missing else []) + \
+            [f"{k} is {row[k]!r}, not a number" for k in wrong]
+        raise ResultsFileError(path, f"{what} has {'; '.join(parts)}")
+    return row
 
 
 def _number(value) -> float | None:
@@ -122,6 +161,7 @@ def _partial(folder: Path, missing: list[str]) -> tuple[Point | None, list[Point
     if teacher is None:
         missing.append(str(folder / TEACHER / RESULTS))
     else:
+        _check_row(teacher, TEACHER_FIELDS, folder / TEACHER / RESULTS, "the teacher's results")
         dense = Point("dense", _number(teacher.get("top1")), 1.0, _number(teacher.get("gflops")),
                       ema_top1=_number(teacher.get("ema_top1")))
     points = []
@@ -133,7 +173,7 @@ def _partial(folder: Path, missing: list[str]) -> tuple[Point | None, list[Point
         if results is None:
             missing.append(str(stage / RESULTS) + " (stage unfinished)")
         else:
-            points.append(_concrete_point(results))
+            points.append(_concrete_point(_check_row(results, CONCRETE_FIELDS, stage / RESULTS, "the stage's results")))
     return dense, sorted(points, key=lambda p: p.p_logit)
 
 
@@ -142,15 +182,29 @@ def read_sweep(folder: str | Path) -> Sweep:
     folder = Path(folder)
     missing: list[str] = []
     args_path = folder / ARGS
-    args = yaml.safe_load(args_path.read_text(encoding="utf-8")) if args_path.is_file() else None
+    try:
+        args = yaml.safe_load(args_path.read_text(encoding="utf-8")) if args_path.is_file() else None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ResultsFileError(args_path, f"not valid YAML ({type(err).__name__})") from None
+    if args is not None and not isinstance(args, dict):
+        raise ResultsFileError(args_path, f"a YAML {type(args).__name__}, not the mapping of the run's arguments")
     if args is None:
         missing.append(str(args_path))
         args = {}
     summary = _read_json(folder / SUMMARY)
     if summary is not None:
-        rows = summary.get("rows", [])
-        dense = next((_dense_point(r) for r in rows if r.get("method") == "dense"), None)
-        points = [_concrete_point(r) for r in rows if r.get("method") == "sttabt_concrete"]
+        path = folder / SUMMARY
+        rows = summary.get("rows")
+        if not isinstance(rows, list):
+            raise ResultsFileError(path, "no list of rows" if rows is None else f"rows is a {type(rows).__name__}")
+        for i, r in enumerate(rows):
+            _check_row(r, (), path, f"row {i}")
+            fields = {"dense": DENSE_SUMMARY_FIELDS, "sttabt_concrete": CONCRETE_FIELDS}.get(r.get("method"))
+            if fields is None:
+                raise ResultsFileError(path, f"row {i} has method {r.get('method')!r}, not dense or sttabt_concrete")
+            _check_row(r, fields, path, f"row {i} ({r['method']})")
+        dense = next((_dense_point(r) for r in rows if r["method"] == "dense"), None)
+        points = [_concrete_point(r) for r in rows if r["method"] == "sttabt_concrete"]
     else:
         missing.append(str(folder / SUMMARY) + " (run unfinished)")
         dense, points = _partial(folder, missing)
@@ -165,7 +219,8 @@ def read_sweep(folder: str | Path) -> Sweep:
 
 
 def read_sweeps(paths: list[str | Path]) -> tuple[list[Sweep], list[str]]:
-    """Every readable sweep under ``paths`` and, for the others, one message each (nothing raised)."""
+    """Every readable sweep under ``paths`` and, for the missing ones, one message each; a file that is
+    there but unreadable raises :class:`ResultsFileError`."""
     sweeps, problems = [], []
     for path in paths:
         try:
@@ -176,6 +231,6 @@ def read_sweeps(paths: list[str | Path]) -> tuple[list[Sweep], list[str]]:
         for folder in folders:
             try:
                 sweeps.append(read_sweep(folder))
-            except (FileNotFoundError, ValueError) as err:
+            except FileNotFoundError as err:
                 problems.append(str(err))
     return sweeps, problems

@@ -3,6 +3,7 @@ GLUE figure from eval_glue / run_ltp outputs, and partial or missing inputs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -183,3 +184,30 @@ def test_learned_pruner_values_name_the_method():
     assert learned(model)
     with pytest.raises(ValueError, match="no GLUE-figure method"):
         method_name("mystery", trained=False)
+
+
+@pytest.mark.parametrize("target, content, message", [
+    ("summary.json", '{"run": "x", "rows": [{"method": "dense", "hard_top1": 4', "not valid JSON"),
+    ("summary.json", "", "empty"),
+    ("summary.json", "[1, 2]", "a JSON list, not the object"),
+    ("summary.json", '{"accuracy": 0.9}', "no list of rows"),
+    ("summary.json", '{"rows": [{"method": "dense", "hard_top1": "high", "gflops": 1.0}]}',
+     "row 0 \\(dense\\) has hard_top1 is 'high', not a number"),
+    ("summary.json", '{"rows": [{"method": "sttabt_concrete", "hard_top1": 40.0}]}', "no p_logit, keep_mean, gflops"),
+    ("summary.json", '{"rows": [{"method": "dynamicvit"}]}', "method 'dynamicvit'"),
+    ("concrete/p_logit_0/results.json", '{"stage": "concrete", "hard_top1": 40', "not valid JSON"),
+    ("concrete/p_logit_0/results.json", '{"top1": 40.0}', "the stage's results has no p_logit"),
+    ("teacher/results.json", '{"accuracy": 40.0}', "the teacher's results has no top1, gflops"),
+    ("args.yaml", "model: [unclosed", "not valid YAML"),
+    ("args.yaml", "- a list", "not the mapping"),
+])
+def test_truncated_or_foreign_results_files_exit_2_naming_the_file(tmp_path, capsys, target, content, message):
+    """A results file that is there but broken is an error (exit 2), never a partial or empty series."""
+    folder = write_run(tmp_path / "run", finished=target == "summary.json")
+    (folder / target).write_text(content)
+    out = tmp_path / "figs"
+    assert plot.main([str(tmp_path / "run"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {folder / target}: " in err and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+    assert "rerun that stage" in err and not out.exists()

@@ -3,11 +3,18 @@
 
     python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 32
     python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 256 --device cuda --dtype bfloat16
+    python tools/benchmark.py --model deit_small_patch16_224 --keep 0.5       # a dense timm name, wrapped
 
 Both models share the host's weights. After warm-up, the two are timed alternately (dense, pruned,
 dense, ...) so that both see the same machine state; each reports the median of ``--repeats``
 timings. ``ideal_speedup`` is dense GFLOPs / pruned GFLOPs with the scout included, and
 ``share_of_ideal`` = measured speedup / ideal speedup: how much of the FLOPs saved became time.
+
+The pruner: with ``--checkpoint``, the checkpoint's own (trained p-logits, saved keep ratios) unless
+``--pruner``, ``--keep`` or ``--p-logit`` ask for another; without one, the flags' pruner, and ABT
+top-k at ``--keep 0.5`` when no pruner flag is given. ``--model`` also takes a dense timm name
+(``deit_small_patch16_224``, ``lvvit_small``): that dense model is the ``dense`` row, timed as it is,
+and the ``pruned`` row is it wrapped with ``sttabt.wrap`` and that pruner.
 """
 from __future__ import annotations
 
@@ -20,11 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _common import add_model_args, build_model  # noqa: E402
+from _common import add_model_args, build_model, check_counts, check_device, pruner_report  # noqa: E402
 from sttabt.flops import sttabt_flops  # noqa: E402
 from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEFAULT_KEEP = 0.5  # ABT top-k when no pruner flag and no checkpoint are given
 
 
 def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32) -> dict:
@@ -54,24 +62,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3; 0: none)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds, median reported (default 10)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu")
+    check_counts(args, {"batch_size": 1, "repeats": 1, "warmup": 0, "threads": 1})
+    device = check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.keep is None and args.p_logit is None:
-        args.keep = 0.5
-    device = torch.device(args.device)
+    if not args.checkpoint and args.pruner is None and args.keep is None and args.p_logit is None:
+        args.keep = DEFAULT_KEEP
     model = build_model(args).to(device)
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, *model.host.patch_embed.img_size, generator=g).to(device)
-    result = {"model": args.model, "pruner": type(model.pruner).__name__, "keep": args.keep,
+    result = {"model": args.model, **pruner_report(model.pruner), "keep": args.keep,
               "p_logit": args.p_logit, "budget": model.budget or model.pruner.default_budget,
               "batch_size": args.batch_size, "dtype": args.dtype, "device": device_name(device),
               "torch": torch.__version__,

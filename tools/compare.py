@@ -16,6 +16,12 @@ in this run (median of ``--repeats``). A dense row comes first.
 ``<wnid>_<name>.JPEG`` (labels: ImageNet-1k class indices). ``--limit N`` keeps N images spread
 evenly over the sorted file list. Writes ``compare.json``, ``compare.csv``, ``compare.png`` and
 ``compare.svg`` under ``--out`` (default ``runs/compare/<model>``).
+
+With ``--checkpoint``, the checkpoint's own pruner (its trained p-logits or saved keep ratios) gets
+a row of its own, ``checkpoint (<name>)``, after the dense row; ``--pruners`` without the name
+``checkpoint`` leaves it out. ``--model`` also takes a dense timm name (``deit_small_patch16_224``),
+wrapped with ``sttabt.wrap``. An unreadable image stops the tool naming the file (nothing is
+written); ``--skip-bad-images`` leaves such files out and lists them in ``compare.json``.
 """
 from __future__ import annotations
 
@@ -36,10 +42,12 @@ import sttabt  # noqa: E402  (registers the models)
 import timm  # noqa: E402
 from sttabt import compare  # noqa: E402
 from sttabt.checkpoint import atomic_write  # noqa: E402
-from sttabt.data import eval_transform, labelled_images, load_images  # noqa: E402
+from sttabt.data import BadImageError, eval_transform, labelled_images, load_images, load_readable  # noqa: E402
 from sttabt.figures import save_figure  # noqa: E402
 from sttabt.pruners.masks import check_keep  # noqa: E402
+from sttabt.registry import HOSTS  # noqa: E402
 from sttabt.timing import device_name  # noqa: E402
+from _common import check_counts, check_device, fail, model_kind, pruner_kind  # noqa: E402
 
 DEFAULT_KEEPS = (0.3, 0.5, 0.7)
 DEFAULT_FACTOR = 4
@@ -47,11 +55,13 @@ CSV_COLUMNS = ("pruner", "keep", "budget", "top1", "correct", "images", "keep_me
                "planning_gflops", "planning_pass", "relative_flops", "ideal_speedup", "dense_img_s",
                "pruned_img_s", "speedup")
 IDEAL_POINTS = 100  # points of the ideal-speedup curve
+OWN = "checkpoint"  # --pruners name of the checkpoint's own pruner
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="registered STTABT model, e.g. sttabt_deit_small")
+    parser.add_argument("--model", required=True, help="registered STTABT model, e.g. sttabt_deit_small, or a dense "
+                        "timm ViT with a class token (deit_small_patch16_224), wrapped with sttabt.wrap")
     parser.add_argument("--data", required=True, help="ImageFolder tree or flat folder of <wnid>_<name>.JPEG files")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", help="STTABT checkpoint written by training (its host and scout are used)")
@@ -59,14 +69,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--factor", type=int, help=f"scout thinning factor (default {DEFAULT_FACTOR}; "
                         "with --checkpoint: the checkpoint's)")
     parser.add_argument("--keep", type=float, nargs="+", default=list(DEFAULT_KEEPS), help="keep ratios in (0, 1]")
-    parser.add_argument("--pruners", nargs="+", default=list(compare.TRAINING_FREE),
-                        help=f"training-free pruners (default: {' '.join(compare.TRAINING_FREE)})")
+    parser.add_argument("--pruners", nargs="+",
+                        help=f"training-free pruners, and '{OWN}' for the --checkpoint's own pruner (default: "
+                        f"{OWN} when a --checkpoint is given, then {' '.join(compare.TRAINING_FREE)})")
     parser.add_argument("--limit", type=int, help="use this many images, spread evenly over the sorted list")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per pruner (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave unreadable image files out (listed in compare.json) instead of stopping")
     parser.add_argument("--img-size", type=int, help="image size, if not the model's default")
     parser.add_argument("--num-classes", type=int, help="classes, if not the model's default")
     parser.add_argument("--out", help="output folder (default runs/compare/<model>)")
@@ -75,19 +88,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.model not in timm.list_models("sttabt_*"):
-        raise SystemExit(f"error: unknown model {args.model!r}; registered: {', '.join(timm.list_models('sttabt_*'))}")
+    model_kind(args.model)
+    if args.pruners is None:
+        args.pruners = ([OWN] if args.checkpoint else []) + list(compare.TRAINING_FREE)
+    own = OWN in args.pruners
+    if own and not args.checkpoint:
+        fail(f"--pruners {OWN} is the --checkpoint's own pruner; give a --checkpoint or leave {OWN} out")
     try:
         args.keep = list(dict.fromkeys(check_keep(k) for k in args.keep))
-        args.pruners = compare.check_pruners(args.pruners)
+        args.pruners = ([OWN] if own else []) + compare.check_pruners([n for n in args.pruners if n != OWN])
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    for flag in ("batch_size", "repeats", "limit", "threads"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise SystemExit(f"error: --{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is visible; use --device cpu")
+        flag = "--keep" if "keep ratio" in str(err) else "--pruners"
+        fail(f"{flag}: {err}")
+    check_counts(args, {"batch_size": 1, "repeats": 1, "warmup": 0, "limit": 1, "threads": 1, "factor": 1,
+                        "img_size": 1, "num_classes": 1})
+    args.device = check_device(args.device)
+    if not os.path.isdir(args.data):
+        fail(f"--data {args.data}: data folder not found")
 
 
 def load_base(args: argparse.Namespace) -> tuple[sttabt.STTABT, str]:
@@ -99,14 +116,18 @@ def load_base(args: argparse.Namespace) -> tuple[sttabt.STTABT, str]:
             found = {"--model": (args.model, arch), "--factor": (args.factor, model.scout.factor),
                      "--img-size": (args.img_size, model.host.patch_embed.img_size[0]),
                      "--num-classes": (args.num_classes, model.num_classes)}
+            if HOSTS.get(arch) == args.model:  # the host's own timm name: the same model
+                found["--model"] = (arch, arch)
             for flag, (asked, stored) in found.items():
                 if asked is not None and asked != stored:
-                    raise SystemExit(f"error: {flag} {asked} but the checkpoint holds {stored}; "
-                                     f"drop {flag} or pass {stored}")
+                    fail(f"{flag} {asked} but the checkpoint holds {stored}; drop {flag} or pass {stored}")
             return model.eval(), f"checkpoint {args.checkpoint}"
-        kwargs = dict(factor=args.factor or DEFAULT_FACTOR, pruner="abt")
-        kwargs.update({k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v})
-        model = timm.create_model(args.model, **kwargs)
+        size = {k: v for k, v in (("img_size", args.img_size), ("num_classes", args.num_classes)) if v}
+        factor = args.factor or DEFAULT_FACTOR
+        if model_kind(args.model) == "sttabt":
+            model = timm.create_model(args.model, factor=factor, pruner="abt", **size)
+        else:
+            model = sttabt.wrap(timm.create_model(args.model, pretrained=False, **size), factor=factor, pruner="abt")
         if args.teacher_checkpoint:
             sttabt.load_teacher(model, args.teacher_checkpoint)
             warnings.warn("the scout is interpolated from the teacher, not distilled: the pruners read a "
@@ -114,23 +135,37 @@ def load_base(args: argparse.Namespace) -> tuple[sttabt.STTABT, str]:
                           stacklevel=2)
             return model.eval(), f"teacher {args.teacher_checkpoint} (scout not distilled)"
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(str(err))
     warnings.warn("no --checkpoint or --teacher-checkpoint: host and scout have RANDOM weights, "
                   "the accuracies mean nothing", stacklevel=2)
     return model.eval(), "random"
 
 
-def batches(files, labels, transform, batch_size: int, device: torch.device):
+def batches(files, labels, transform, batch_size: int, device: torch.device, skipped: list[str] | None = None,
+            first: list[torch.Tensor] | None = None):
+    """(images, labels) batches on ``device``; an unreadable file raises ``BadImageError``, or, with a
+    ``skipped`` list, is appended to it and left out. ``first`` receives the first batch (for timing)."""
     for start in range(0, len(files), batch_size):
-        images = load_images(files[start:start + batch_size], transform).to(device)
-        yield images, torch.tensor(labels[start:start + batch_size], device=device)
+        chunk = files[start:start + batch_size]
+        if skipped is None:
+            images, kept = load_images(chunk, transform), range(len(chunk))
+        else:
+            images, kept, bad = load_readable(chunk, transform)
+            skipped += bad
+            if images is None:
+                continue
+        images = images.to(device)
+        if first is not None and not first:
+            first.append(images)
+        yield images, torch.tensor([labels[start + i] for i in kept], device=device)
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'pruner':<11} {'keep':>5} {'top-1':>7} {'kept':>6} {'GFLOPs':>8} {'planning':>9} "
           f"{'dense/s':>9} {'pruned/s':>9} {'speedup':>8} {'ideal':>6}")
     for r in rows:
-        print(f"{r['pruner']:<11} {r['keep']:>5.2f} {r['top1']:>6.2f}% {r['keep_mean']:>6.3f} {r['gflops']:>8.3f} "
+        keep = "-" if r["keep"] is None else f"{r['keep']:.2f}"
+        print(f"{r['pruner']:<11} {keep:>5} {r['top1']:>6.2f}% {r['keep_mean']:>6.3f} {r['gflops']:>8.3f} "
               f"{r['planning_gflops']:>9.3f} {r['dense_img_s']:>9.1f} {r['pruned_img_s']:>9.1f} "
               f"{r['speedup']:>7.2f}x {r['ideal_speedup']:>5.2f}x")
     if any(r["pruner"] == "abt_oracle" for r in rows):
@@ -199,33 +234,44 @@ def main(argv=None) -> int:
     try:
         data = labelled_images(args.data, limit=args.limit)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        fail(f"--data: {err}")
     base, weights = load_base(args)
     if max(data.labels) >= base.num_classes:
-        raise SystemExit(f"error: the model has {base.num_classes} classes but {args.data} ({data.layout}) has labels "
-                         f"up to {max(data.labels)}: use data of this model's classes, or a model built with "
-                         f"--num-classes {len(data.classes)}")
-    device = torch.device(args.device)
+        fail(f"the model has {base.num_classes} classes but {args.data} ({data.layout}) has labels "
+             f"up to {max(data.labels)}: use data of this model's classes, or a model built with "
+             f"--num-classes {len(data.classes)}")
+    device = args.device
     base = base.to(device)
-    runs = compare.variants(base, args.pruners, args.keep)
+    runs = compare.variants(base, [n for n in args.pruners if n != OWN], args.keep)
+    if OWN in args.pruners:
+        runs.insert(0, compare.Variant(f"{OWN} ({pruner_kind(base.pruner)})", None, base))
     transform = eval_transform(base)
     steps = math.ceil(len(data.files) / args.batch_size)
+    skipped, first = ([] if args.skip_bad_images else None), []
     with tqdm(total=steps + len(runs), desc="evaluate", unit="step", disable=args.no_progress) as bar:
-        dense, tallies = compare.evaluate(base, runs, batches(data.files, data.labels, transform, args.batch_size, device),
-                                          step=lambda: bar.update())
+        try:
+            dense, tallies = compare.evaluate(base, runs, batches(data.files, data.labels, transform, args.batch_size,
+                                                                  device, skipped, first), step=lambda: bar.update())
+        except BadImageError as err:
+            fail(f"{err}; or pass --skip-bad-images")
+        if not first:
+            fail(f"none of the {len(data.files)} files under {args.data} is a readable image")
         bar.set_description("time")
-        timed = load_images(data.files[:args.batch_size], transform).to(device)
+        timed = first[0]
         timings = compare.time_variants(base, runs, timed, warmup=args.warmup, repeats=args.repeats,
                                         step=lambda: bar.update())
     rows = compare.table(base, runs, dense, tallies, timings, timed.shape[0])
     settings = {"model": args.model, "weights": weights, "factor": base.scout.factor,
                 "img_size": base.host.patch_embed.img_size[0], "num_classes": base.num_classes,
-                "data": os.path.abspath(args.data), "layout": data.layout, "images": len(data.files),
+                "data": os.path.abspath(args.data), "layout": data.layout, "images": dense.images,
+                "skipped_images": skipped or [],
                 "limit": args.limit, "batch_size": args.batch_size, "timing_batch": timed.shape[0],
                 "warmup": args.warmup, "repeats": args.repeats, "pruners": args.pruners, "keeps": args.keep,
                 "dtype": "float32", "executor": "pruned, hard masks"}
     report = {"settings": settings, "device": device_name(device), "torch": torch.__version__, "rows": rows}
-    print(f"{args.model}: {len(data.files)} images ({data.layout}), weights: {weights}, {report['device']}")
+    print(f"{args.model}: {dense.images} images ({data.layout}), weights: {weights}, {report['device']}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}")
     print_table(rows)
     out = args.out or os.path.join("runs", "compare", args.model)
     for path in write_outputs(report, out):

@@ -19,7 +19,9 @@ STTABT concrete trained and untrained, ABT on approximated and actual attention,
 manual threshold, dense) and ``<name>_glue.json``.
 
 Missing or partial inputs are named on stderr and what exists is still drawn; ``--strict`` makes
-that exit with status 1. Exit status 2 when nothing could be drawn.
+that exit with status 1. Exit status 2 when nothing could be drawn, and when a ``results.json``,
+``summary.json`` or ``args.yaml`` is there but truncated or foreign: that file is named, with what is
+wrong, and nothing is written.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import ltp_nlp  # noqa: F401  (fixes torchvision before anything imports it)
 from ltp_nlp.results import read_glue
 from sttabt.checkpoint import atomic_write
 from sttabt.figures import glue_figure, published_points, save_figure, sweep_figure
-from sttabt.results import read_sweeps
+from sttabt.results import ResultsFileError, read_sweeps
 
 
 def _write_json(path, payload) -> None:
@@ -52,7 +54,11 @@ def main(argv=None) -> int:
 
     problems, written = [], []
     if args.runs:
-        sweeps, missing = read_sweeps(args.runs)
+        try:
+            sweeps, missing = read_sweeps(args.runs)
+        except ResultsFileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         problems += missing + [f"{s.folder}: missing {m}" for s in sweeps for m in s.missing]
         if sweeps:
             written += save_figure(sweep_figure(sweeps), args.out, f"{args.name}_accuracy")

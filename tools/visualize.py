@@ -12,6 +12,11 @@ model's own pruner; and ``<stem>_pruners.png``: one such row per pruner of ``--p
 the model's own, then every other training-free pruner, at ``--keep`` or each pruner's default
 keep ratio). Random weights work too (nothing is downloaded): the pictures then show what the
 pruners make of an untrained scout's attention.
+
+With ``--checkpoint`` the model's own pruner is the checkpoint's (trained p-logits, saved keep
+ratios) unless ``--pruner``, ``--keep`` or ``--p-logit`` ask for another. An unreadable file among the
+images stops the tool naming it, before any picture is written; ``--skip-bad-images`` leaves such
+files out and counts them.
 """
 from __future__ import annotations
 
@@ -24,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _common import add_model_args, build_model, pruner_name  # noqa: E402
-from sttabt.data import IMAGE_SUFFIXES, eval_transform, list_images, load_images, spread  # noqa: E402
+from _common import add_model_args, build_model, check_counts, fail, pruner_kind  # noqa: E402
+from sttabt.data import (IMAGE_SUFFIXES, BadImageError, eval_transform, list_images, load_images,  # noqa: E402
+                         load_readable, spread)
 from sttabt.pruners import PRUNERS, create_pruner  # noqa: E402
 from sttabt.visualize import layer_row, model_keep_maps, normalisation, pruner_grid, to_display  # noqa: E402
 
@@ -41,22 +47,22 @@ def find_images(paths: list[str], limit: int | None = None) -> list[Path]:
             try:
                 files += [Path(f) for f in list_images(path)]
             except ValueError as err:
-                raise SystemExit(f"error: {err}") from None
+                fail(str(err))
         elif os.path.isfile(path):
             files.append(Path(path))
         else:
-            raise SystemExit(f"error: no such image file or folder: {path}")
+            fail(f"no such image file or folder: {path}")
     if not files:
-        raise SystemExit(f"error: no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)}")
+        fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(paths)}")
     return spread(files, limit)
 
 
 def grid_pruners(args: argparse.Namespace, model) -> dict[str, object]:
     """Row label -> pruner (None: the model's own) for the comparison grid."""
-    own, depth = pruner_name(args), model.depth
+    own, depth = pruner_kind(model.pruner), model.depth
     unknown = [n for n in args.pruners or [] if n not in PRUNERS]
     if unknown:
-        raise SystemExit(f"error: unknown pruner {', '.join(map(repr, unknown))}; choose from {', '.join(PRUNERS)}")
+        fail(f"unknown pruner {', '.join(map(repr, unknown))}; choose from {', '.join(PRUNERS)}")
     names = args.pruners or [own] + [n for n in PRUNERS if n != own and not create_pruner(n, depth).trainable]
     rows = {}
     for name in dict.fromkeys(names):  # in order, once each
@@ -69,11 +75,17 @@ def grid_pruners(args: argparse.Namespace, model) -> dict[str, object]:
     return rows
 
 
-def load(files: list[Path], transform) -> torch.Tensor:
-    try:
-        return load_images([str(f) for f in files], transform)
-    except OSError as err:  # PIL's UnidentifiedImageError included; its message names the file
-        raise SystemExit(f"error: {err}") from None
+def load(files: list[Path], transform, skipped: list[str] | None = None) -> tuple[torch.Tensor | None, list[int]]:
+    """The batch of ``files`` and the positions it holds; an unreadable file fails naming it, or, with
+    a ``skipped`` list, is appended to it and left out."""
+    if skipped is None:
+        try:
+            return load_images([str(f) for f in files], transform), list(range(len(files)))
+        except BadImageError as err:
+            fail(f"{err}; or pass --skip-bad-images")
+    images, kept, bad = load_readable([str(f) for f in files], transform)
+    skipped += bad
+    return images, kept
 
 
 def output_names(files: list[Path]) -> list[str]:
@@ -95,34 +107,47 @@ def main(argv=None) -> int:
                         help=f"pruners of the comparison grid, from {', '.join(PRUNERS)} "
                              "(default: the model's own and every training-free one)")
     parser.add_argument("--limit", type=int, help="at most this many images, spread evenly over those found")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave unreadable files out (and count them) instead of stopping")
     args = parser.parse_args(argv)
     if not args.images:
         if any(os.path.exists(name) for name in args.pruners or []):
-            raise SystemExit("error: --pruners took the images too; put the images first, or end the list of "
-                             "pruners with --")
-        raise SystemExit("error: name at least one image file or folder")
-    if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"error: --limit must be at least 1, got {args.limit}")
+            fail("--pruners took the images too; put the images first, or end the list of pruners with --")
+        fail("name at least one image file or folder")
+    check_counts(args, {"limit": 1})
     files = find_images(args.images, args.limit)
     model = build_model(args)
     rows = grid_pruners(args, model)
     transform = eval_transform(model)
     mean, std = normalisation(transform)
+    skipped = [] if args.skip_bad_images else None
+    if skipped is None:  # every file is read before the out folder is made and the first picture written
+        for start in range(0, len(files), BATCH_SIZE):
+            load(files[start:start + BATCH_SIZE], transform)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(files)
+    drawn = 0
     for start in range(0, len(files), BATCH_SIZE):
-        images = load(files[start:start + BATCH_SIZE], transform)
+        images, kept = load(files[start:start + BATCH_SIZE], transform, skipped)
+        if images is None:
+            continue
         pictures = to_display(images, mean, std)
         own = model_keep_maps(model, images)
         maps = {label: own if pruner is None else model_keep_maps(model, images, pruner)
                 for label, pruner in rows.items()}
-        for i, (name, picture) in enumerate(zip(names[start:start + BATCH_SIZE], pictures)):
+        for i, (at, picture) in enumerate(zip(kept, pictures)):
+            name, source = names[start + at], files[start + at]
             layers, grid = out / f"{name}_layers.png", out / f"{name}_pruners.png"
             layer_row(picture, own[i]).save(layers)
             pruner_grid(picture, {label: m[i] for label, m in maps.items()}).save(grid)
-            print(f"{files[start + i]}: {layers} {grid}")
-    print(f"{len(files)} image(s), pruners {', '.join(rows)}: pictures in {out}/")
+            print(f"{source}: {layers} {grid}")
+            drawn += 1
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}")
+    if not drawn:
+        fail(f"none of the {len(files)} file(s) is a readable image")
+    print(f"{drawn} image(s), pruners {', '.join(rows)}: pictures in {out}/")
     return 0
 
 
