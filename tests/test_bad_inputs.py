@@ -85,3 +85,18 @@ def test_wrap_and_the_scout_refuse_bad_shapes():
     empty = timm.create_model("deit_tiny_patch16_224", **{**TINY, "depth": 0})
     with pytest.raises(ValueError, match="depth must be"):
         sttabt.wrap(empty)
+
+
+def test_the_check_is_skipped_under_fx_tracing(model):
+    """torch.fx hands the check a Proxy, not a tensor: tracing must not trip over it."""
+    from sttabt.inputs import check_images
+
+    class Checked(torch.nn.Module):
+        def forward(self, x):
+            check_images(x, model.host)
+            return x * 2
+
+    traced = torch.fx.symbolic_trace(Checked())
+    assert torch.equal(traced(torch.ones(1, 3, 32, 32)), torch.full((1, 3, 32, 32), 2.0))
+    with pytest.raises(TypeError, match="torch.stack"):
+        Checked()([1.0])
