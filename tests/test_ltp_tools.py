@@ -28,7 +28,7 @@ TINY = dict(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=4, num_atte
             max_position_embeddings=64, initializer_range=0.3, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0)
 QUIET = ["--report_to", "none"]
-SOFT_FOLDER = "checkpoints/base/SST2/absolute_threshold/rate_0.01/temperature_0.001/lambda_0.1/lr_2e-05"
+SOFT_FOLDER = "checkpoints/base/SST2/absolute_threshold/rate_0.01/temperature_0.001/lambda_0.1/lr_2e-05/lr_threshold_0.001"
 
 
 def write_sst2(folder: Path, n_train: int = 48, n_dev: int = 16) -> Path:
@@ -143,7 +143,7 @@ def test_topk_baseline(glue, converted):
                          "0.3", "--lr", "1e-5", "--bs", "16", "--epoch", "1", "--no_load", "--data_dir", str(glue),
                          "--max_seq_length", "32", "--max_train_samples", "16", "--max_eval_samples", "8",
                          *QUIET]) == 0
-    out = converted / "topk" / "lr_1e-05"
+    out = converted / "topk" / "keep_0.3" / "lr_1e-05"
     config = json.loads((out / "config.json").read_text())
     assert config["prune_mode"] == "topk" and config["token_keep_rate"] == 0.3
     assert config["finetuning_task"] == "SST2"  # tools/plot.py --glue reads the task from here
