@@ -3,7 +3,8 @@
 :data:`FIELD_CHECKS` maps every LTP setting (the fields of :class:`~ltp_nlp.LTPConfig` and the
 training-stage knobs the tools and :class:`~ltp_nlp.trainer.LTPTrainingArguments` pass around) to a
 function that returns the value, normalised (``int`` thresholds become ``float``), or raises
-``ValueError`` naming the field, the value and what is allowed. ``LTPConfig`` runs them on every
+``ValueError`` naming the field, the value and what is allowed. (The soft-mask temperature is checked
+by the trainer and the tools, not here: ``temperature`` is also a generation field of every config.) ``LTPConfig`` runs them on every
 assignment, so a bad value fails at construction, at ``from_pretrained(path, field=value)`` and when a
 hand-edited ``config.json`` is read; the command-line tools run them on their flags before loading
 anything.
@@ -99,7 +100,6 @@ def field_checks(prune_modes: tuple[str, ...] | dict) -> dict[str, Callable[[str
         "regularise_padding": boolean,
         "approx_factor": positive_int,
         "p_logit": finite,
-        "temperature": positive,                # T of the soft masks
         "lambda_threshold": non_negative,       # lambda of the LTP regulariser
         "lr_threshold": non_negative,
     }
