@@ -133,8 +133,37 @@ def check_model_folder(path: str, flag: str, model_types: tuple[str, ...] = (LTP
                          f"{config.get('architectures')}): expected {', '.join(model_types)}{extra}")
     if model_type == LTP_MODEL_TYPE:
         check_ltp_fields(config, folder / CONFIG_NAME, flag)
-    check_weights(folder, flag)
+    weights = check_weights(folder, flag)
+    if weights.name == SAFE_WEIGHTS:
+        check_architecture(config, weights, flag)
     return config
+
+
+def check_architecture(config: dict, weights: Path, flag: str) -> None:
+    """The weights are the host's that ``config`` describes: its prefix (``bert.``, ``roberta.``, ...), its
+    width and vocabulary (the word embeddings) and its depth; read from the safetensors header only."""
+    from safetensors import safe_open
+
+    host = config.get("host_type") if config.get("model_type") == LTP_MODEL_TYPE else config.get("model_type")
+    if host not in HOST_TYPES:
+        return  # an LTP config without host_type: the loader reads it from the weight names
+    with safe_open(str(weights), "pt") as f:
+        keys = list(f.keys())
+        embedding = f"{host}.embeddings.word_embeddings.weight"
+        shape = list(f.get_slice(embedding).get_shape()) if embedding in keys else None
+    if not any(key.startswith(host + ".") for key in keys):
+        prefixes = sorted({key.split(".")[0] for key in keys})
+        raise ValueError(f"{flag}: {weights} holds no {host}. weights (its keys start with {', '.join(prefixes)}): "
+                         f"not the {host} model its {CONFIG_NAME} names; fix host_type / model_type there")
+    expected = [config.get("vocab_size"), config.get("hidden_size")]
+    if shape is not None and None not in expected and shape != expected:
+        raise ValueError(f"{flag}: {weights} holds word embeddings of shape {shape} but {CONFIG_NAME} says vocab_size "
+                         f"{expected[0]}, hidden_size {expected[1]}: the weights belong to another model")
+    layers = {int(m.group(1)) for key in keys if (m := re.match(rf"{host}\.encoder\.layer\.(\d+)\.", key))}
+    depth = config.get("num_hidden_layers")
+    if layers and isinstance(depth, int) and max(layers) + 1 != depth:
+        raise ValueError(f"{flag}: {weights} holds {max(layers) + 1} layers but {CONFIG_NAME} says num_hidden_layers "
+                         f"{depth}: the weights belong to another model")
 
 
 def check_ltp_fields(config: dict, where: Path, flag: str) -> None:

@@ -216,6 +216,24 @@ def test_bin_weights_checked_and_good_folder_passes(tmp_path):
     assert check_model_folder(str(folder), "--checkpoint")["model_type"] == "bert"
 
 
+@pytest.mark.parametrize("edit, message", [
+    (dict(hidden_size=8, intermediate_size=12), "holds word embeddings of shape [30, 16] but config.json says "
+                                                "vocab_size 30, hidden_size 8"),
+    (dict(num_hidden_layers=3), "holds 2 layers but config.json says num_hidden_layers 3"),
+    (dict(host_type="roberta"), "holds no roberta. weights (its keys start with bert, classifier)"),
+], ids=["width", "depth", "host"])
+def test_weights_of_another_architecture(saved, tmp_path, edit, message):
+    import shutil
+
+    folder = tmp_path / "other"
+    shutil.copytree(saved, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ValueError) as err:
+        check_model_folder(str(folder), "--checkpoint")
+    assert str(err.value).startswith(f"--checkpoint: {folder}/model.safetensors") and message in str(err.value)
+
+
 def test_missing_folder_and_hub_names(tmp_path):
     with pytest.raises(ValueError, match=r"--model_name_or_path .*nowhere does not exist"):
         check_model_folder(str(tmp_path / "nowhere"), "--model_name_or_path", hub_ok=True)

@@ -298,14 +298,30 @@ def test_convert_to_ltp_keeps_what_it_replaces(tmp_path, capsys, dense, converte
     assert json.loads((folder / "config.json").read_text())["final_token_threshold"] == 0.05
 
 
+def write_long_sst2(folder: Path) -> Path:
+    """A toy SST-2 whose positive sentences are 120 words long: more than the tiny model's 64 positions."""
+    (folder / "SST-2").mkdir()
+    long = " ".join(["good", "film"] * 60)
+    rows = ["sentence\tlabel"] + [f"{long}\t1", "bad plot\t0"] * 4
+    for split in ("train", "dev"):
+        (folder / "SST-2" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_run_glue_truncates_long_sentences_to_the_model(tmp_path, capsys, dense):
+    out = tmp_path / "OUT"
+    assert run_glue.main(["--model_name_or_path", str(dense), "--task", "SST2", "--data_dir",
+                          str(write_long_sst2(tmp_path)), "--output_dir", str(out), "--do_eval", "--use_cpu",
+                          "--max_seq_length", "128", "--disable_tqdm", "true", *QUIET]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: --max_seq_length 128 is more than the model's 64 positions") == 1
+    assert json.loads((out / run_glue.EVAL_RESULTS).read_text())["eval_accuracy"] >= 0
+
+
 def test_run_ltp_eval_output_and_long_sentences(tmp_path, capsys, converted):
     """Sentences longer than the model's 64 positions with --max_seq_length 128: truncated with one note;
     --eval's results are not written over another run's unless asked."""
-    (tmp_path / "SST-2").mkdir()
-    long = " ".join(["good", "film"] * 60)    # 120 words > 64 positions
-    rows = ["sentence\tlabel"] + [f"{long}\t1", "bad plot\t0"] * 4
-    for split in ("train", "dev"):
-        (tmp_path / "SST-2" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    write_long_sst2(tmp_path)
     out = tmp_path / "eval"
     argv = ["--task", "SST2", "--restore", str(converted), "--data_dir", str(tmp_path), "--eval", "--bs", "4",
             "--max_seq_length", "128", "--output_dir", str(out), *QUIET]
