@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
-from .config_checks import HOST_TYPES, SCORING_MODES, check_field, field_checks
+from .config_checks import HOST_TYPES, SCORING_MODES, check_field, field_checks  # noqa: F401  (re-exported)
+
 PRUNE_MODES = {
     "none": "no pruning: the host as it is",
     "absolute_threshold": "LTP: learned per-layer thresholds on the attention a token receives",
