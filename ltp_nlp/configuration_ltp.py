@@ -9,11 +9,10 @@ names when the model is loaded (see :func:`ltp_nlp.modeling_ltp.infer_host_type`
 """
 from __future__ import annotations
 
-import math
-
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
-HOST_TYPES = ("bert", "roberta", "ibert")
+from .config_checks import HOST_TYPES, SCORING_MODES, check_field, field_checks  # noqa: F401  (re-exported)
+
 PRUNE_MODES = {
     "none": "no pruning: the host as it is",
     "absolute_threshold": "LTP: learned per-layer thresholds on the attention a token receives",
@@ -26,7 +25,7 @@ ONLINE_MODES = ("absolute_threshold", "topk")      # decide after each layer, fr
 PLANNED_MODES = ("sttabt_concrete", "sttabt_abt", "sttabt_abt_oracle")  # decide every layer up front
 SOFT_MODES = ("absolute_threshold", "sttabt_concrete")  # the modes that have a soft (training) mask
 SCOUT_MODES = ("sttabt_concrete", "sttabt_abt")    # the modes that run an approximation network
-SCORING_MODES = ("mean", "mean_norm")
+FIELD_CHECKS = field_checks(PRUNE_MODES)  # every LTP setting's check (ltp_nlp.config_checks)
 LTP_FIELDS = ("host_type", "prune_mode", "final_token_threshold", "scoring_mode", "token_keep_rate",
               "score_length", "regularise_padding", "approx_factor", "p_logit")
 REFERENCE_MAX_LENGTH = 128  # the reference pads to 128 tokens: its scores are divided by 128
@@ -73,17 +72,32 @@ class LTPConfig(PretrainedConfig):
             host_type = "ibert"  # only I-BERT configurations carry quant_mode
         self.host_type = host_type
         self.prune_mode = prune_mode
-        self.final_token_threshold = float(final_token_threshold)
+        self.final_token_threshold = final_token_threshold
         self.scoring_mode = scoring_mode
-        self.token_keep_rate = float(token_keep_rate)
-        self.score_length = int(score_length)
-        self.regularise_padding = bool(regularise_padding)
-        self.approx_factor = int(approx_factor)
-        self.p_logit = float(p_logit)
+        self.token_keep_rate = token_keep_rate
+        self.score_length = score_length
+        self.regularise_padding = regularise_padding
+        self.approx_factor = approx_factor
+        self.p_logit = p_logit
         super().__init__(**kwargs)
         self.validate_pruning()
         if host_type is not None:
             self.fill_host_defaults()
+
+    def __setattr__(self, name, value):
+        """Every LTP setting is checked when it is set (``ltp_nlp.config_checks``): a bad value fails at
+        construction, as a ``from_pretrained`` keyword override and when a ``config.json`` is read."""
+        super().__setattr__(name, check_field(FIELD_CHECKS, name, value))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As transformers'; a bad LTP setting's error also names the folder it was read from."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except ValueError as err:
+            if str(pretrained_model_name_or_path) in str(err):
+                raise
+            raise ValueError(f"{pretrained_model_name_or_path}: {err}") from None
 
     def fill_host_defaults(self) -> None:
         """Give every host field this config lacks the host's default (``initializer_range``, ...)."""
@@ -92,23 +106,11 @@ class LTPConfig(PretrainedConfig):
                 setattr(self, key, value)
 
     def validate_pruning(self) -> None:
-        """Raise ``ValueError`` naming the field and its allowed values."""
-        if self.host_type is not None and self.host_type not in HOST_TYPES:
-            raise ValueError(f"host_type must be one of {', '.join(HOST_TYPES)}, got {self.host_type!r}")
-        if self.prune_mode not in PRUNE_MODES:
-            raise ValueError(f"prune_mode must be one of {', '.join(PRUNE_MODES)}, got {self.prune_mode!r}")
-        if self.scoring_mode not in SCORING_MODES:
-            raise ValueError(f"scoring_mode must be one of {', '.join(SCORING_MODES)}, got {self.scoring_mode!r}")
-        if not (self.final_token_threshold >= 0 and math.isfinite(self.final_token_threshold)):
-            raise ValueError(f"final_token_threshold must be a finite number >= 0, got {self.final_token_threshold}")
-        if not 0 < self.token_keep_rate <= 1:
-            raise ValueError(f"token_keep_rate must be in (0, 1], got {self.token_keep_rate}")
-        if self.score_length < 1:
-            raise ValueError(f"score_length must be a positive number of tokens, got {self.score_length}")
-        if self.approx_factor < 1:
-            raise ValueError(f"approx_factor must be >= 1, got {self.approx_factor}")
-        if not math.isfinite(self.p_logit):
-            raise ValueError(f"p_logit must be a finite number, got {self.p_logit}")
+        """Raise ``ValueError`` naming the field, its value and the allowed values (every field is also
+        checked when it is set; this catches values written straight into ``__dict__``)."""
+        for name in FIELD_CHECKS:
+            if name in self.__dict__:
+                check_field(FIELD_CHECKS, name, self.__dict__[name])
 
     def host_config(self, host_type: str | None = None) -> PretrainedConfig:
         """The host's own configuration (``BertConfig``, ``RobertaConfig`` or ``IBertConfig``)."""

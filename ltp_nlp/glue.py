@@ -308,6 +308,9 @@ def read_glue_tsv(path: str | Path, task: str | GlueTask) -> datasets.Dataset:
         raise GlueFormatError(f"{path}: the file is empty")
     layout = _detect_layout(rows[0][1], spec, path)
     body = rows[1:] if layout.has_header else rows
+    if not body:
+        raise GlueFormatError(f"{path}: a header and no rows: the {spec.name} file holds no examples (an interrupted "
+                              "download or export?); write its rows or point --data_dir at a complete GLUE folder")
     columns: dict[str, list] = {name: [] for name in spec.output_columns}
     for line_number, fields in body:
         texts, label = _parse_row(fields, layout, spec, f"{path}:{line_number}")

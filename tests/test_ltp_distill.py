@@ -125,10 +125,10 @@ def test_eval_glue_sweeps(capsys, distilled, setup):
     none, some = out["rows"]
     assert none["relative_flops"] == pytest.approx(1) and some["relative_flops"] < 1
     assert some["max_abs_diff_pruned_masked"] < 1e-4 and some["scout_gflops"] == 0
-    with pytest.raises(SystemExit, match="no approximation network"):
-        eval_glue.main(["--checkpoint", str(host), *data, "--prune_mode", "sttabt_abt"])
-    with pytest.raises(SystemExit, match="sweeping token_keep_rate needs"):
-        eval_glue.main(["--checkpoint", str(host), *data, "--keep-rates", "0.5"])
+    assert eval_glue.main(["--checkpoint", str(host), *data, "--prune_mode", "sttabt_abt"]) == 2
+    assert "no approximation network" in capsys.readouterr().err
+    assert eval_glue.main(["--checkpoint", str(host), *data, "--keep-rates", "0.5"]) == 2
+    assert "sweeping token_keep_rate needs" in capsys.readouterr().err
 
 
 def test_benchmark_glue_reports_side_by_side(capsys, distilled, setup):
@@ -226,3 +226,51 @@ def test_eval_glue_output_file_feeds_the_glue_figure(capsys, tmp_path, distilled
     out["method"] = None
     path.write_text(json.dumps(out))
     assert read_eval_file(path)[0].method == CONCRETE_UNTRAINED
+
+
+def test_distill_refuses_an_existing_scout_and_bad_flags(setup, distilled, capsys, monkeypatch):
+    host, glue, _ = setup
+    before = {p: p.read_bytes() for p in sorted(distilled.rglob("*")) if p.is_file()}
+    argv = ["--restore", str(host), "--task", "SST2", "--data_dir", str(glue), "--factor", "2",
+            "--output_dir", str(distilled), "--no_progress"]
+    assert distill_scout_glue.main(argv) == 2
+    assert f"--output_dir {distilled} already holds a run" in capsys.readouterr().err
+    for flags, message in [(["--epochs", "nan"], "--epochs must be a finite number > 0, got nan"),
+                           (["--bs", "0"], "--bs must be a whole number >= 1, got 0"),
+                           (["--max_train_samples", "0"], "--max_train_samples must be a whole number >= 1"),
+                           (["--lr=-1"], "--lr must be a finite number > 0")]:
+        assert distill_scout_glue.main([*argv, "--overwrite_output_dir", *flags]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distill_scout_glue.main([*argv, "--overwrite_output_dir", "--device", "cuda"]) == 2
+    assert "--device cuda: CUDA is not available on this machine" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(distilled.rglob("*")) if p.is_file()} == before
+    assert not distilled.with_name("approx.partial").exists()
+
+
+def test_eval_glue_output_refusal_bad_flags_and_long_sentences(capsys, tmp_path, distilled):
+    """The model has 40 positions: 60-word sentences at the default --max_length 128 are truncated, with a note."""
+    (tmp_path / "SST-2").mkdir()
+    rows = ["sentence\tlabel"] + [f"{' '.join(['good', 'film'] * 30)}\t1", "bad plot\t0"] * 3
+    (tmp_path / "SST-2" / "dev.tsv").write_text("\n".join(rows) + "\n")
+    path = tmp_path / "result.json"
+    path.write_text('{"task": "SST2", "another": "run"}')
+    data = ["--checkpoint", str(distilled), "--task", "SST2", "--data_dir", str(tmp_path), "--json",
+            "--output", str(path)]
+    assert eval_glue.main(data) == 2
+    assert f"--output {path} already exists (another run's results): pass --overwrite_output_dir" in \
+        capsys.readouterr().err
+    assert json.loads(path.read_text()) == {"task": "SST2", "another": "run"}
+    for flags, message in [(["--batch_size", "0"], "--batch_size must be a whole number >= 1, got 0"),
+                           (["--keep-rates", "0.5", "1.5"], "--keep-rates must be in (0, 1], got 1.5"),
+                           (["--final_token_threshold", "nan"], "--final_token_threshold must be a finite number"),
+                           (["--max_length", "0"], "--max_length must be a whole number >= 1, got 0")]:
+        assert eval_glue.main([*data, *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert benchmark_glue.main(["--checkpoint", str(distilled), "--task", "SST2", "--repeats", "0"]) == 2
+    assert "--repeats must be a whole number >= 1, got 0" in capsys.readouterr().err
+    assert eval_glue.main([*data, "--overwrite_output_dir", "--token_keep_rate", "0.5"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert json.loads(path.read_text()) == out and out["examples"] == 6
+    assert captured.err.count("note: --max_length 128 is more than the model's 40 positions") == 1

@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from eval_glue import (add_checkpoint_args, checked_task, dev_batches, flops_meter, load_model,  # noqa: E402
-                       load_tokenizer, pruned_logits)
+from eval_glue import (add_checkpoint_args, check_checkpoint_args, checked_task, dev_batches,  # noqa: E402
+                       flops_meter, load_model, load_tokenizer, pruned_logits)
+from ltp_nlp.cli_checks import check_flags  # noqa: E402
 from ltp_nlp.distill import PRUNER_KEY, SCOUT_KEY, model_inputs  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
 from ltp_nlp.host import SEQUENCE_CLASSIFIERS  # noqa: E402
@@ -117,14 +118,19 @@ def main(argv=None) -> int:
                         "batches of length-sorted sentences)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 1:
-        parser.error("--repeats and --warmup must be at least 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    task = checked_task(args.task)
-    model = load_model(args)
-    dense = dense_host(model)
-    batches = dev_batches(args, load_tokenizer(args), args.batch_size, sort_by_length=not args.no_sort)
+    try:
+        check_flags([("--repeats", "positive_int", args.repeats), ("--warmup", "positive_int", args.warmup),
+                     ("--batch-size", "positive_int", args.batch_size), ("--threads", "positive_int", args.threads)])
+        task = checked_task(args.task)
+        check_checkpoint_args(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model = load_model(args)
+        dense = dense_host(model)
+        batches = dev_batches(args, load_tokenizer(args), args.batch_size, sort_by_length=not args.no_sort)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     c = model.config
     result = {"checkpoint": str(args.checkpoint), "task": task, "host_type": c.host_type, "prune_mode": c.prune_mode,
               "token_keep_rate": c.token_keep_rate, "final_token_threshold": c.final_token_threshold,

@@ -13,7 +13,11 @@ distilled scout, next to the paper's BERT-base numbers.
 Written to ``--output_dir`` (default ``{restore}/approx_f{factor}``): an LTP checkpoint with
 ``prune_mode: "sttabt_abt"`` and the scout (``save_pretrained`` + tokenizer), ``distill_results.json``
 and TensorBoard scalars under ``tb/``. The run works in ``{output_dir}.partial`` and renames it at the
-end, so an interrupted run never leaves a complete-looking folder. The result is the ``--restore`` of
+end, so an interrupted run never leaves a complete-looking folder; an output folder that already holds
+something is refused (exit 2, before any model is loaded) unless ``--overwrite_output_dir`` is given.
+Every flag is checked first (positive sizes and rates, ``--device`` present on this machine,
+``--restore`` a whole checkpoint folder); a ``--max_length`` beyond the model's positions is clamped
+to them, with a note. The result is the ``--restore`` of
 STTABT concrete fine-tuning (``prune_mode=sttabt_concrete``) and of training-free ABT evaluation
 (``tools/eval_glue.py --prune_mode sttabt_abt --token_keep_rate 0.4``).
 """
@@ -31,7 +35,10 @@ import torch
 import ltp_nlp  # noqa: F401  (registers the Auto classes; fixes torchvision first)
 from ltp_nlp.distill import (CLIP_GRAD, PAPER_ATTENTION_KL, load_checkpoint, prepare_distillation, random_scout,
                              reconfigure, replace_folder, scout_optimizer, scout_quality, distill_step)
+from ltp_nlp.cli_checks import check_device, check_flags, check_model_folder
 from ltp_nlp.glue import load_glue, task_spec, tokenize_glue
+from ltp_nlp.outputs import OVERWRITE_FLAG, check_output_dir, write_json
+from ltp_nlp.positions import clamp_max_length
 
 RESULTS = "distill_results.json"
 PARTIAL_SUFFIX = ".partial"
@@ -54,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_train_samples", "--max-train-samples", type=int, help="use the first N training rows")
     parser.add_argument("--max_eval_samples", "--max-eval-samples", type=int, help="use the first N dev rows")
     parser.add_argument("--output_dir", "--output-dir", help="default: {restore}/approx_f{factor}")
+    parser.add_argument(OVERWRITE_FLAG, "--overwrite-output-dir", dest="overwrite_output_dir", action="store_true",
+                        help="replace the scout checkpoint already in the output folder (default: refuse)")
     parser.add_argument("--tokenizer", help="tokenizer name or folder (default: the one saved in --restore)")
     parser.add_argument("--token_keep_rate", "--token-keep-rate", type=float,
                         help="keep rate saved in the checkpoint for ABT (default: the teacher's)")
@@ -63,10 +72,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--no_tensorboard", "--no-tensorboard", action="store_true")
     parser.add_argument("--no_progress", "--no-progress", action="store_true", help="no tqdm bar")
-    args = parser.parse_args(argv)
-    if args.epochs <= 0 or args.lr <= 0 or args.bs < 1:
-        parser.error("--epochs, --lr and --bs must be positive")
-    return args
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every flag, before anything is loaded (``ValueError`` naming the flag)."""
+    task_spec(args.task)
+    check_flags([("--factor", "positive_int", args.factor), ("--epochs", "positive", args.epochs),
+                 ("--lr", "positive", args.lr), ("--bs", "positive_int", args.bs),
+                 ("--eval_bs", "positive_int", args.eval_bs), ("--clip_grad", "positive", args.clip_grad),
+                 ("--max_length", "positive_int", args.max_length),
+                 ("--max_train_samples", "positive_int", args.max_train_samples),
+                 ("--max_eval_samples", "positive_int", args.max_eval_samples),
+                 ("--token_keep_rate", "fraction", args.token_keep_rate),
+                 ("--logging_steps", "positive_int", args.logging_steps), ("--threads", "positive_int", args.threads)])
+    check_device(args.device)
 
 
 def load_tokenizer(restore: str, name: str | None):
@@ -157,6 +177,7 @@ def prepare(args: argparse.Namespace):
     """(model with an interpolated scout, tokenizer, train loader, dev loader); ``ValueError`` /
     ``FileNotFoundError`` / ``OSError`` say what is wrong with the inputs."""
     task = task_spec(args.task).name
+    max_length = clamp_max_length(args.max_length, check_model_folder(args.restore, "--restore"), flag="--max_length")
     teacher = load_checkpoint(args.restore)
     settings = {"prune_mode": "sttabt_abt", "approx_factor": args.factor}
     if args.token_keep_rate is not None:
@@ -164,7 +185,7 @@ def prepare(args: argparse.Namespace):
     model = reconfigure(teacher, init_scout="interpolate", **settings).to(args.device)
     model.ltp.scout.reset_from(model)  # interpolated init even if the checkpoint had a scout
     tokenizer = load_tokenizer(args.restore, args.tokenizer)
-    common = dict(max_length=args.max_length)
+    common = dict(max_length=max_length)
     train_loader = glue_loader(task, args.data_dir, "train", tokenizer, limit=args.max_train_samples,
                                batch_size=args.bs, shuffle=True, seed=args.seed, **common)
     dev_loader = glue_loader(task, args.data_dir, "dev", tokenizer, limit=args.max_eval_samples,
@@ -174,15 +195,18 @@ def prepare(args: argparse.Namespace):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     output = Path(args.output_dir or Path(args.restore) / f"approx_f{args.factor}")
     work = output.with_name(output.name + PARTIAL_SUFFIX)
     started = time.time()
     try:
+        check_args(args)
+        check_output_dir(output, overwrite=args.overwrite_output_dir,
+                         flag="--output_dir" if args.output_dir else "the output folder")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
         model, tokenizer, train_loader, dev_loader = prepare(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     task = task_spec(args.task).name
@@ -213,7 +237,7 @@ def main(argv=None) -> int:
     model.requires_grad_(True)
     model.save_pretrained(work)
     tokenizer.save_pretrained(work)
-    (work / RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(work / RESULTS, results)
     replace_folder(work, output)
     print(kl_table(kl, args.factor, task, results["dev_examples"]))
     print(f"saved the sttabt_abt checkpoint with its scout to {output}/ ({RESULTS}, log.jsonl"

@@ -20,7 +20,12 @@ A sweep (``--keep-rates`` or ``--thresholds``) gives one row per value; ``--json
 object: the row itself for one setting, or the common fields with ``rows`` for a sweep. ``--output F``
 writes that object to F as well (what ``tools/plot.py --glue`` reads; ``--label`` names the series,
 otherwise the plot names it from the prune mode and ``learned``: whether the checkpoint's LTP
-thresholds or STTABT p-logits were trained).
+thresholds or STTABT p-logits were trained). An existing ``--output`` file is refused unless
+``--overwrite_output_dir`` is given; it is written atomically.
+
+Every flag and ``--checkpoint`` (``config.json`` and weights whole, valid LTP settings) is checked
+before the model is loaded; a bad one exits with status 2 and one line saying what to do. A
+``--max_length`` beyond the model's positions is clamped to them, with a note.
 """
 from __future__ import annotations
 
@@ -31,17 +36,21 @@ import sys
 import torch
 
 import ltp_nlp  # noqa: F401  (registers the Auto classes; fixes torchvision first)
+from ltp_nlp.cli_checks import check_flags, check_model_folder
 from ltp_nlp.configuration_ltp import PRUNE_MODES, SCOUT_MODES
 from ltp_nlp.distill import load_checkpoint, model_inputs, reconfigure
 from ltp_nlp.flops import FlopsMeter
 from ltp_nlp.glue import load_glue, task_spec, tokenize_glue
 from ltp_nlp.metrics import compute_metrics
+from ltp_nlp.outputs import OVERWRITE_FLAG, check_output_file
+from ltp_nlp.positions import clamp_max_length
 from ltp_nlp.results import learned
 from sttabt.checkpoint import atomic_write
 
 KEEP_MODES = ("topk", "sttabt_abt", "sttabt_abt_oracle")  # the modes --keep-rates sweeps
 THRESHOLD_MODES = ("absolute_threshold",)                 # the modes --thresholds sweeps
 DEFAULT_CHECK_BATCHES = 2
+SWEEP_FLAGS = {"token_keep_rate": ("--keep-rates", "fraction"), "final_token_threshold": ("--thresholds", "non_negative")}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -70,10 +79,18 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 
 
 def checked_task(name: str) -> str:
-    try:
-        return task_spec(name).name
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    """The task's canonical name (``ValueError`` for an unknown one)."""
+    return task_spec(name).name
+
+
+def check_checkpoint_args(args: argparse.Namespace) -> None:
+    """The flags of :func:`add_checkpoint_args` and ``--checkpoint``'s folder, before anything is loaded."""
+    check_flags([("--max_length", "positive_int", args.max_length),
+                 ("--max_eval_samples", "positive_int", args.max_eval_samples),
+                 ("--token_keep_rate", "fraction", args.token_keep_rate),
+                 ("--final_token_threshold", "non_negative", args.final_token_threshold),
+                 ("--approx_factor", "positive_int", args.approx_factor), ("--p_logit", "finite", args.p_logit)])
+    check_model_folder(args.checkpoint, "--checkpoint")
 
 
 def prune_settings(args: argparse.Namespace) -> dict:
@@ -82,12 +99,11 @@ def prune_settings(args: argparse.Namespace) -> dict:
 
 
 def load_model(args: argparse.Namespace, **extra):
-    """The checkpoint under the command line's prune settings, in eval mode (``SystemExit`` on errors)."""
-    try:
-        model = load_checkpoint(args.checkpoint, init_scout=args.init_scout)
-        return reconfigure(model, init_scout=args.init_scout, **{**prune_settings(args), **extra}).eval()
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    """The checkpoint under the command line's prune settings, in eval mode; ``args.max_length`` is clamped
+    to the model's positions (with a note)."""
+    model = load_checkpoint(args.checkpoint, init_scout=args.init_scout)
+    args.max_length = clamp_max_length(args.max_length, model.config, flag="--max_length")
+    return reconfigure(model, init_scout=args.init_scout, **{**prune_settings(args), **extra}).eval()
 
 
 def load_tokenizer(args: argparse.Namespace):
@@ -96,7 +112,7 @@ def load_tokenizer(args: argparse.Namespace):
     try:
         return AutoTokenizer.from_pretrained(args.tokenizer or args.checkpoint)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: no tokenizer in {args.tokenizer or args.checkpoint} ({err}); "
+        raise ValueError(f"no tokenizer in {args.tokenizer or args.checkpoint} ({err}); "
                          "pass --tokenizer NAME_OR_FOLDER") from None
 
 
@@ -104,10 +120,7 @@ def dev_batches(args: argparse.Namespace, tokenizer, batch_size: int, *, sort_by
     """Padded dev batches (the first ``--max_eval_samples`` rows); sorted by length, they hold little padding."""
     from transformers import DataCollatorWithPadding
 
-    try:
-        dataset = load_glue(args.task, args.data_dir, "dev")
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    dataset = load_glue(args.task, args.data_dir, "dev")
     if args.max_eval_samples is not None:
         dataset = dataset.select(range(min(args.max_eval_samples, len(dataset))))
     encoded = tokenize_glue(dataset, tokenizer, args.task, args.max_length)
@@ -175,7 +188,7 @@ def evaluate(model, batches: list[dict], task: str, *, check_batches: int = DEFA
 def sweep(args: argparse.Namespace) -> tuple[str, list[float]] | None:
     """(setting, values) of a sweep, or None."""
     if args.keep_rates and args.thresholds:
-        raise SystemExit("error: sweep --keep-rates or --thresholds, not both")
+        raise ValueError("sweep --keep-rates or --thresholds, not both")
     if args.keep_rates:
         return "token_keep_rate", args.keep_rates
     if args.thresholds:
@@ -199,6 +212,30 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def prepare(args: argparse.Namespace) -> tuple[str, tuple[str, list[float]] | None, object, list[dict]]:
+    """(task, sweep, model, dev batches) after every check; ``ValueError`` / ``OSError`` say what is wrong."""
+    task = checked_task(args.task)
+    values = sweep(args)
+    check_flags([("--batch_size", "positive_int", args.batch_size), ("--threads", "positive_int", args.threads),
+                 ("--check_batches", "non_negative", args.check_batches)])
+    if values is not None:
+        flag, kind = SWEEP_FLAGS[values[0]]
+        check_flags((flag, kind, value) for value in values[1])
+    check_checkpoint_args(args)
+    if args.output:
+        check_output_file(args.output, overwrite=args.overwrite_output_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args)
+    if values is not None:
+        name = values[0]
+        allowed = KEEP_MODES if name == "token_keep_rate" else THRESHOLD_MODES
+        if model.config.prune_mode not in allowed:
+            raise ValueError(f"sweeping {name} needs --prune_mode {' or '.join(allowed)}, "
+                             f"not {model.config.prune_mode!r}")
+    return task, values, model, dev_batches(args, load_tokenizer(args), args.batch_size)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_checkpoint_args(parser)
@@ -211,30 +248,20 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--output", "-o", help="also write the JSON object to this file (read by tools/plot.py --glue)")
     parser.add_argument("--label", help="series name for tools/plot.py (default: from the prune mode)")
+    parser.add_argument(OVERWRITE_FLAG, "--overwrite-output-dir", dest="overwrite_output_dir", action="store_true",
+                        help="replace an existing --output file (default: refuse)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    task = checked_task(args.task)
-    values = sweep(args)
-    model = load_model(args)
-    if values is not None:
-        name, points = values
-        allowed = KEEP_MODES if name == "token_keep_rate" else THRESHOLD_MODES
-        if model.config.prune_mode not in allowed:
-            raise SystemExit(f"error: sweeping {name} needs --prune_mode {' or '.join(allowed)}, "
-                             f"not {model.config.prune_mode!r}")
-    tokenizer = load_tokenizer(args)
-    batches = dev_batches(args, tokenizer, args.batch_size)
+    try:
+        task, values, model, batches = prepare(args)
+    except (ValueError, OSError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if values is None:
         rows = [evaluate(model, batches, task, check_batches=args.check_batches)]
     else:
-        rows = []
-        for point in values[1]:
-            try:
-                variant = reconfigure(model, **{name: point}).eval()
-            except ValueError as err:
-                raise SystemExit(f"error: {err}") from None
-            rows.append(evaluate(variant, batches, task, check_batches=args.check_batches))
+        name = values[0]
+        rows = [evaluate(reconfigure(model, **{name: point}).eval(), batches, task, check_batches=args.check_batches)
+                for point in values[1]]
     common = {"checkpoint": str(args.checkpoint), "task": task, "examples": sum(len(b["labels"]) for b in batches),
               "host_type": model.config.host_type}
     if args.label:

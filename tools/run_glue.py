@@ -9,10 +9,15 @@ Every ``transformers.TrainingArguments`` flag is accepted. Without ``--data_dir`
 Hugging Face hub. OUT receives the model (the host's own class, e.g. ``BertForSequenceClassification``),
 its tokenizer, ``eval_results.json`` and ``trainer_state.json``; then run ``tools/convert_to_ltp.py OUT``.
 TensorBoard logs (``OUT/runs``) are on by default when tensorboard is installed (``--report_to none``: off).
+
+A non-empty OUT is refused (exit 2, nothing written) unless ``--overwrite_output_dir`` is given or
+``--resume_from_checkpoint`` resumes the run inside it; the model, its configuration and the results
+are written atomically (file by file, through a temporary file). ``--model_name_or_path`` must be a
+BERT, RoBERTa or I-BERT checkpoint (a folder is checked before loading: ``config.json`` and weights
+whole) or a hub name. A ``--max_seq_length`` beyond the model's positions is clamped to them, with a note.
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +28,12 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           HfArgumentParser, Trainer, TrainingArguments)
 from transformers.integrations import is_tensorboard_available
 
+from ltp_nlp.cli_checks import check_flags, check_model_folder
+from ltp_nlp.config_checks import HOST_TYPES
 from ltp_nlp.glue import glue_file, load_glue, task_spec, tokenize_glue
 from ltp_nlp.metrics import best_metric_name
+from ltp_nlp.outputs import check_output_dir, save_atomically, save_trainer_model, write_json
+from ltp_nlp.positions import clamp_max_length
 from ltp_nlp.trainer import glue_metrics
 
 REFERENCE_MAX_LENGTH = 128
@@ -42,6 +51,8 @@ class GlueArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training examples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use the first N dev examples"})
     tokenizer_name: str | None = field(default=None, metadata={"help": "tokenizer, if not model_name_or_path's"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace the run already in --output_dir "
+                                                                        "(default: refuse a non-empty one)"})
 
 
 def default_report_to() -> str:
@@ -78,9 +89,31 @@ def load_tokenizer(path: str, fallback: str | None = None):
 
 
 def write_results(folder: str | Path, metrics: dict) -> Path:
-    path = Path(folder) / EVAL_RESULTS
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    return path
+    """``folder/eval_results.json``, written atomically."""
+    return write_json(Path(folder) / EVAL_RESULTS, metrics)
+
+
+def check_arguments(glue_args: GlueArguments, args: TrainingArguments) -> None:
+    """The numeric flags, before anything is loaded (``ValueError`` naming the flag)."""
+    check_flags([
+        ("--per_device_train_batch_size", "positive_int", args.per_device_train_batch_size),
+        ("--per_device_eval_batch_size", "positive_int", args.per_device_eval_batch_size),
+        ("--gradient_accumulation_steps", "positive_int", args.gradient_accumulation_steps),
+        ("--num_train_epochs", "positive", args.num_train_epochs),
+        ("--learning_rate", "positive", args.learning_rate),
+        ("--weight_decay", "non_negative", args.weight_decay),
+        ("--save_steps", "positive", args.save_steps), ("--eval_steps", "positive", args.eval_steps),
+        ("--logging_steps", "positive", args.logging_steps),
+        ("--max_seq_length", "positive_int", glue_args.max_seq_length),
+        ("--max_train_samples", "positive_int", glue_args.max_train_samples),
+        ("--max_eval_samples", "positive_int", glue_args.max_eval_samples),
+    ])
+
+
+def ltp_advice(model_type: str | None) -> str:
+    if model_type == "ltp":
+        return "it is an LTP checkpoint: train it with tools/run_ltp.py"
+    return "LTP runs on BERT, RoBERTa and I-BERT hosts"
 
 
 def parse(argv: list[str] | None) -> tuple[GlueArguments, TrainingArguments]:
@@ -96,6 +129,11 @@ def parse(argv: list[str] | None) -> tuple[GlueArguments, TrainingArguments]:
     if training_args.metric_for_best_model is None:
         training_args.metric_for_best_model = best_metric_name(spec)
         training_args.greater_is_better = True
+    check_arguments(glue_args, training_args)
+    check_output_dir(training_args.output_dir, overwrite=glue_args.overwrite_output_dir,
+                     resuming=bool(training_args.resume_from_checkpoint))
+    check_model_folder(glue_args.model_name_or_path, "--model_name_or_path", HOST_TYPES, hub_ok=True,
+                       advice=ltp_advice)
     return glue_args, training_args
 
 
@@ -110,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         if not spec.is_regression:
             labels.update(id2label=dict(enumerate(spec.labels)), label2id={k: i for i, k in enumerate(spec.labels)})
         config = AutoConfig.from_pretrained(glue_args.model_name_or_path, finetuning_task=spec.name, **labels)
+        if config.model_type not in HOST_TYPES:
+            raise ValueError(f"--model_name_or_path {glue_args.model_name_or_path} is a {config.model_type!r} model: "
+                             f"{ltp_advice(config.model_type)}")
+        max_length = clamp_max_length(glue_args.max_seq_length, config)
         model = AutoModelForSequenceClassification.from_pretrained(glue_args.model_name_or_path, config=config)
-        load = dict(tokenizer=tokenizer, max_length=glue_args.max_seq_length)
+        load = dict(tokenizer=tokenizer, max_length=max_length)
         train = load_split(spec.name, glue_args.data_dir, "train", max_samples=glue_args.max_train_samples,
                            **load) if args.do_train else None
         dev = load_split(spec.name, glue_args.data_dir, "dev", max_samples=glue_args.max_eval_samples,
                          **load) if args.do_eval else None
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev, processing_class=tokenizer,
@@ -124,12 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.do_train:
         result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         trainer.log_metrics("train", result.metrics)
-        trainer.save_model(args.output_dir)   # model and tokenizer
-        trainer.save_state()
+        save_trainer_model(trainer, args.output_dir)   # model and tokenizer
+        save_atomically(lambda folder: trainer.state.save_to_json(str(Path(folder) / "trainer_state.json")),
+                        args.output_dir)
     if args.do_eval:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         print(f"eval results: {write_results(args.output_dir, metrics)}")
     print(f"model and tokenizer: {args.output_dir}")
     print(f"next: python tools/convert_to_ltp.py {args.output_dir} --prune_mode absolute_threshold "

@@ -8,25 +8,40 @@
     # 2. hard thresholds (frozen), fine-tuning the model
     python tools/run_ltp.py --arch ltp-base --task SST2 --restore CKPT_soft --lr 1e-5 --bs 64 \\
         --masking_mode hard --epoch 5                                    # -> CKPT_soft/hard/lr_1e-05
-    # top-k baseline                                                     # -> OUT/topk/lr_1e-05
+    # top-k baseline                                                     # -> OUT/topk/keep_0.5/lr_1e-05
     python tools/run_ltp.py --task SST2 --restore OUT --prune_mode topk --token_keep_rate 0.5 --lr 1e-5 --epoch 5
     # STTABT concrete masks (OUT must hold a distilled scout)            # -> OUT/concrete/p_logit_-1.0/lr_2e-05
     python tools/run_ltp.py --task SST2 --restore OUT --prune_mode sttabt_concrete --p_logit -1 \\
         --masking_mode soft --lr 2e-5 --epoch 1
 
-Folders are the reference's (values written as Python prints the floats, as its run.py did). Training
+Folders start with the reference's layout (values written as Python prints the floats, as its run.py
+did) and every pruning setting of the run is in the name, so runs with other settings never share one:
+
+    soft LTP   checkpoints/{base|large}/TASK/absolute_threshold/rate_R/temperature_T/lambda_L/lr_LR
+    hard       {restore}/hard/lr_LR               (the restored model's own prune settings)
+    top-k      {restore}/topk/keep_K/lr_LR
+    concrete   {restore}/concrete/p_logit_V/lr_LR (soft); {restore}/concrete/p_logit_V/hard/lr_LR (hard,
+               when --p_logit or --prune_mode changes the restored settings)
+    a hard stage under another --prune_mode: {restore}/absolute_threshold/rate_R/hard/lr_LR
+    + /lr_threshold_X when --lr_threshold is given (soft stage)
+
+A folder that already holds a run is refused (exit 2, nothing written) unless ``--overwrite_output_dir``
+is given or ``--resume_from_checkpoint`` resumes the run in it; settings that are not in the name
+(epochs, batch size, seed, ...) are kept apart by ``--output_dir``. Training
 always starts from the weights of ``--restore``, never from its optimiser or trainer state; as in the
 reference, ``--no_load`` keeps the model at the end of training instead of loading the best checkpoint
-(by the task's metric) at the end. ``--output_dir`` replaces the folder. The output folder receives the
+(by the task's metric) at the end. ``--output_dir`` chooses the folder. The output folder receives the
 final model (with the tokenizer), ``eval_results.json``, the checkpoints (``checkpoint-N``, with
 ``threshold_optimizer.pt`` in the soft stage) and TensorBoard logs (``runs/``) when tensorboard is
-installed. ``--eval`` only evaluates ``--restore``.
+installed; the final model, configuration and results are written atomically. ``--eval`` only evaluates
+``--restore`` (and writes ``eval_results.json`` under ``--output_dir`` when given). ``--restore`` is
+checked before loading (``config.json`` and weights whole, valid LTP settings) and a ``--max_seq_length``
+beyond the model's positions is clamped to them, with a note.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -38,11 +53,15 @@ import torch  # noqa: E402
 from transformers import DataCollatorWithPadding  # noqa: E402
 
 from ltp_nlp import LTPForSequenceClassification  # noqa: E402
+from ltp_nlp.cli_checks import check_flags, check_model_folder  # noqa: E402
 from ltp_nlp.configuration_ltp import SOFT_MODES  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
+from ltp_nlp.outputs import check_output_dir, check_output_file, save_trainer_model  # noqa: E402
+from ltp_nlp.positions import clamp_max_length  # noqa: E402
 from ltp_nlp.pruners import DEFAULT_TEMPERATURE  # noqa: E402
 from ltp_nlp.trainer import LTPTrainer, LTPTrainingArguments  # noqa: E402
-from run_glue import REFERENCE_MAX_LENGTH, check_data, default_report_to, load_split, write_results  # noqa: E402
+from run_glue import (EVAL_RESULTS, REFERENCE_MAX_LENGTH, check_data, default_report_to, load_split,  # noqa: E402
+                      write_results)
 
 ARCHS = {"ltp-base": "base", "ltp-large": "large"}
 RUNNABLE_MODES = ("absolute_threshold", "topk", "sttabt_concrete")
@@ -80,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_train_samples", type=int, help="use the first N training examples")
     p.add_argument("--max_eval_samples", type=int, help="use the first N dev examples")
     p.add_argument("--max_seq_length", type=int, default=REFERENCE_MAX_LENGTH)
-    p.add_argument("--output_dir", help="output folder (default: the reference's layout)")
+    p.add_argument("--output_dir", help="output folder (default: the reference's layout, see above)")
+    p.add_argument("--overwrite_output_dir", action="store_true",
+                   help="replace the run already in the output folder (default: refuse a non-empty one)")
     p.add_argument("--resume_from_checkpoint", help="resume this run from one of its own checkpoint-N folders")
     p.add_argument("--tokenizer", help="tokenizer folder or name, when --restore has none")
     p.add_argument("--seed", type=int, default=0)
@@ -89,14 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_config(restore: str) -> dict:
-    folder = Path(restore)
-    if not folder.is_dir():
-        raise ValueError(f"--restore {restore} does not exist: pass a checkpoint folder (tools/run_glue.py, then "
-                         "tools/convert_to_ltp.py)")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ValueError(f"--restore {restore} has no config.json: is it a checkpoint folder?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The checked ``config.json`` of ``--restore`` (``ValueError`` saying what is wrong)."""
+    return check_model_folder(restore, "--restore")
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -129,19 +144,15 @@ def check(args: argparse.Namespace, config: dict) -> dict:
         raise ValueError("--token_keep_rate is for --prune_mode topk")
     if args.p_logit is not None and mode != "sttabt_concrete":
         raise ValueError("--p_logit is for --prune_mode sttabt_concrete")
-    if mode == "topk" and not 0 < fields["token_keep_rate"] <= 1:
-        raise ValueError(f"--token_keep_rate must be in (0, 1], got {fields['token_keep_rate']}")
-    for name in ("lr", "lr_threshold", "temperature", "lambda_threshold", "weight_decay", "epoch", "p_logit"):
-        value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"--{name} must be a finite number, got {value}")
-    positive = {"lr": args.lr, "temperature": args.temperature, "bs": args.bs, "epoch": args.epoch,
-                "save_steps": args.save_steps, "max_seq_length": args.max_seq_length}
-    for name, value in positive.items():
-        if value is not None and value <= 0:
-            raise ValueError(f"--{name} must be > 0, got {value}")
-    if args.lambda_threshold < 0 or (args.lr_threshold is not None and args.lr_threshold < 0):
-        raise ValueError("--lambda_threshold and --lr_threshold must be >= 0")
+    check_flags([("--token_keep_rate", "fraction", args.token_keep_rate), ("--p_logit", "finite", args.p_logit),
+                 ("--lr", "positive", args.lr), ("--lr_threshold", "non_negative", args.lr_threshold),
+                 ("--temperature", "positive", args.temperature),
+                 ("--lambda_threshold", "non_negative", args.lambda_threshold),
+                 ("--weight_decay", "non_negative", args.weight_decay), ("--bs", "positive_int", args.bs),
+                 ("--epoch", "positive", args.epoch), ("--save_steps", "positive_int", args.save_steps),
+                 ("--max_seq_length", "positive_int", args.max_seq_length),
+                 ("--max_train_samples", "positive_int", args.max_train_samples),
+                 ("--max_eval_samples", "positive_int", args.max_eval_samples)])
     if args.resume_from_checkpoint and not Path(args.resume_from_checkpoint).is_dir():
         raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint} does not exist")
     return fields
@@ -151,20 +162,31 @@ def learning_rate_text(args: argparse.Namespace) -> str:
     return str(args.lr) if args.lr is not None else TASK_LR.get(args.task, DEFAULT_LR)
 
 
-def output_folder(args: argparse.Namespace, fields: dict) -> Path:
-    """The reference's layout (see the module docstring), or ``--output_dir``."""
+def output_folder(args: argparse.Namespace, fields: dict, restored: dict | None = None) -> Path:
+    """``--output_dir``, or the layout of the module docstring: every pruning setting is in the name.
+    ``restored``: the ``--restore`` config's prune fields (what a plain hard stage continues)."""
     if args.output_dir:
         return Path(args.output_dir)
     lr = f"lr_{learning_rate_text(args)}"
     restore, mode = Path(args.restore), fields["prune_mode"]
+    restored = restored or {}
     if mode == "topk":
-        return restore / "topk" / lr
-    if args.masking_mode == "hard":
-        return restore / "hard" / lr
+        return restore / "topk" / f"keep_{fields['token_keep_rate']}" / lr
+    extra = [f"lr_threshold_{args.lr_threshold}"] if args.masking_mode == "soft" and args.lr_threshold is not None \
+        else []
     if mode == "sttabt_concrete":
-        return restore / "concrete" / f"p_logit_{fields['p_logit']}" / lr
+        base = restore / "concrete" / f"p_logit_{fields['p_logit']}"
+        if args.masking_mode == "soft":
+            return base.joinpath(lr, *extra)
+        if restored.get("prune_mode") != mode or args.p_logit is not None:
+            return base / "hard" / lr
+        return restore / "hard" / lr
+    if args.masking_mode == "hard":
+        if restored.get("prune_mode") != mode:
+            return restore / mode / f"rate_{fields['final_token_threshold']}" / "hard" / lr
+        return restore / "hard" / lr
     return (Path(DEFAULT_OUTPUT_ROOT) / ARCHS[args.arch] / args.task / mode / f"rate_{fields['final_token_threshold']}"
-            / f"temperature_{args.temperature}" / f"lambda_{args.lambda_threshold}" / lr)
+            / f"temperature_{args.temperature}" / f"lambda_{args.lambda_threshold}" / lr).joinpath(*extra)
 
 
 def training_arguments(args: argparse.Namespace, output: Path, report_to: str | None = None) -> LTPTrainingArguments:
@@ -204,16 +226,25 @@ def load_model(args: argparse.Namespace) -> LTPForSequenceClassification:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        fields = check(args, read_config(args.restore))
+        config = read_config(args.restore)
+        fields = check(args, config)
         check_data(args.task, args.data_dir, ["dev"] if args.eval else ["train", "dev"])
-        output = output_folder(args, fields)
+        output = output_folder(args, fields, config)
+        if args.eval:
+            if args.output_dir:
+                check_output_file(output / EVAL_RESULTS, overwrite=args.overwrite_output_dir, flag="--output_dir")
+        else:
+            check_output_dir(output, overwrite=args.overwrite_output_dir,
+                             flag="--output_dir" if args.output_dir else "the output folder",
+                             resuming=bool(args.resume_from_checkpoint))
+        max_length = clamp_max_length(args.max_seq_length, config)
         tokenizer = load_tokenizer(args)
         model = load_model(args)
-        load = dict(tokenizer=tokenizer, max_length=args.max_seq_length)
+        load = dict(tokenizer=tokenizer, max_length=max_length)
         dev = load_split(args.task, args.data_dir, "dev", max_samples=args.max_eval_samples, **load)
         train = None if args.eval else load_split(args.task, args.data_dir, "train",
                                                   max_samples=args.max_train_samples, **load)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.eval:
@@ -223,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                          processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer))
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = trainer.evaluate()
-    trainer.save_model(str(output))  # model and tokenizer
+    save_trainer_model(trainer, output)  # model and tokenizer, file by file atomically
     results = write_results(output, metrics)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     print(f"model and tokenizer: {output}\neval results: {results}")
