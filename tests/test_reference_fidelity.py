@@ -311,3 +311,31 @@ def test_faithful_regulariser_equals_padding_to_the_fixed_length():
     with pytest.raises(ValueError, match="fixed length 16"):
         wide, wide_mask = _text_batch([20, 5])
         model(input_ids=wide, attention_mask=wide_mask, **kwargs)
+
+
+def test_padding_takes_no_part_in_the_top_k_pruners():
+    """ABT, EViT-style and LTP's top-k: a padded sample keeps what it keeps alone, unpadded, whatever
+    the padding rows hold (padding keys have zero probability, as the text path gives them)."""
+    from ltp_nlp.ltp import received_attention, topk_keep
+    from sttabt.pruners import backtrack_topk, cls_topk
+
+    depth, tokens, lengths = 4, 12, [12, 7, 9]
+    valid = _valid(lengths, tokens)
+    logits = _logits(depth, 3, tokens, seed=4)
+    for a in logits:
+        a[1, :, 7:, :] = 40.0   # padding query rows: garbage
+    probs = [(a + torch.where(valid, 0.0, -math.inf)[:, None, None, :]).softmax(-1) for a in logits]
+    mean_probs = [p.mean(1) for p in probs]
+    keep = [0.8, 0.6, 0.5, 0.3]
+    for plan_of in (lambda attn, v: backtrack_topk(attn, keep, budget="per_sample", valid=v),
+                    lambda attn, v: cls_topk(attn, keep, budget="per_sample", valid=v)):
+        plan = plan_of(mean_probs, valid)
+        for b, n in enumerate(lengths):
+            alone = plan_of([p[b:b + 1, :n, :n] for p in mean_probs], None)
+            assert torch.equal(plan[:, b, :n], alone[:, 0]) and plan[:, b, n:].eq(0).all()
+    live, lengths_t = valid, valid.sum(-1)
+    kept = topk_keep(received_attention(probs[1], live, 1), live, lengths_t, 0.5)
+    for b, n in enumerate(lengths):
+        one = torch.ones(1, n, dtype=torch.bool)
+        alone = topk_keep(received_attention(probs[1][b:b + 1, :, :n, :n], one, 1), one, lengths_t[b:b + 1], 0.5)
+        assert torch.equal(kept[b, :n], alone[0]) and not kept[b, n:].any()
