@@ -44,7 +44,8 @@ class LTPConfig(PretrainedConfig):
             by ``heads *`` the sentence's true length.
         token_keep_rate: last-layer keep rate of ``topk``; keep ratio of every layer for ``sttabt_abt*``.
         score_length: the fixed length of ``"mean"`` scoring (128 in the reference).
-        regularise_padding: LTP regulariser averaged over padding too (the reference's biased variant).
+        regularise_padding: LTP regulariser averaged over padding too, as if every batch were padded to
+            ``score_length`` (the reference's biased variant: it padded every batch to 128).
         approx_factor: the STTABT scout is this many times thinner than the host.
         p_logit: STTABT concrete target: every layer's initial logit; target keep ``sigmoid(p_logit)``.
     """

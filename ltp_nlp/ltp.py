@@ -18,6 +18,7 @@ from sttabt.pruners.masks import CLS_INDEX, fill_to_count
 
 MIN_THRESHOLD = 1e-5   # hard rule: prune when score < max(1e-5, threshold), as in the reference
 TOPK_MIN_RATE = 0.01   # the top-k schedule never keeps fewer than 1 % of the tokens
+FIRST_PRUNED_LAYER = 1  # the threshold of layer 0 is exactly 0: the reference skips that layer
 
 
 def received_attention(probs: torch.Tensor, live: torch.Tensor, length: torch.Tensor | int) -> torch.Tensor:
@@ -66,14 +67,23 @@ def topk_keep(score: torch.Tensor, live: torch.Tensor, lengths: torch.Tensor, ra
     return fill_to_count(score.masked_fill(~live, -math.inf), cls, count) & live
 
 
-def mask_means(masks: Sequence[torch.Tensor], valid: torch.Tensor, over_padding: bool = False) -> torch.Tensor:
-    """(L,) mean of each layer's (B, T) keep mask over real tokens (or over every position, padding
-    included, as the reference did: ``over_padding=True``). The LTP regulariser is their sum."""
+def mask_means(masks: Sequence[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    """(L,) mean of each layer's (B, T) keep mask over real tokens."""
     stacked = torch.stack(list(masks))
-    if over_padding:
-        return stacked.mean(dim=(1, 2))
     valid = valid.to(stacked.dtype)
     return (stacked * valid).sum(dim=(1, 2)) / valid.sum()
+
+
+def padded_mask_means(masks: Sequence[torch.Tensor], pad_values: torch.Tensor, length: int) -> torch.Tensor:
+    """(L,) mean of each layer's (B, T) keep mask over ``length`` positions per sample, every position
+    included, as if the batch had been padded to ``length`` (the reference pads every batch to 128):
+    the ``length - T`` positions past the batch's width take ``pad_values[l]`` (L,)."""
+    stacked = torch.stack(list(masks))
+    width = stacked.shape[-1]
+    if length < width:
+        raise ValueError(f"the batch is {width} tokens wide, more than the fixed length {length}: "
+                         f"raise score_length or truncate the inputs to {length} tokens")
+    return (stacked.sum(-1).mean(-1) + (length - width) * pad_values) / length
 
 
 def _with_cls(mask: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

@@ -82,8 +82,9 @@ def _weight_names(path) -> list[str]:
 class LTPModelOutput(ModelOutput):
     """``counts`` (L + 1, B): tokens entering each layer, then kept after the last (soft: expected).
     ``mask_means`` (L,): mean keep mask per layer over real tokens (differentiable in soft mode).
-    ``pruning_loss``: the pruner's regulariser in soft mode: LTP ``sum_l mean(mask_l)`` (the trainer
-    weighs it by lambda) or STTABT's concrete regulariser (already weighted)."""
+    ``pruning_loss``: the pruner's regulariser in soft mode: LTP ``sum_l mean(mask_l)`` over layers
+    ``1 .. L-1`` (layer 0 is skipped; the trainer weighs it by lambda) or STTABT's concrete regulariser
+    (already weighted)."""
 
     last_hidden_state: torch.Tensor | None = None
     counts: torch.Tensor | None = None
@@ -248,8 +249,10 @@ class LTPModel(LTPPreTrainedModel):
                 out = run_online_pruned(self.layers, x, valid, decide)
             else:
                 out = run_online_masked(self.layers, x, valid, decide, soft=soft)
-                means = mask_means(out.masks, valid, self.config.regularise_padding)
-                loss = means.sum() if soft else None
+                means = mask_means(out.masks, valid)
+                if soft:
+                    pad_to = self.config.score_length if self.config.regularise_padding else None
+                    loss = self.pruner.regulariser(out.masks, valid, temperature=temperature, pad_to=pad_to)
         else:
             plan = self.plan(input_ids, valid, token_type_ids, hard=not soft)
             if executor == "pruned":

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ltp import hard_keep, received_attention, soft_keep, threshold_base, topk_keep, topk_rates
+from .ltp import (FIRST_PRUNED_LAYER, hard_keep, mask_means, padded_mask_means, received_attention, soft_keep,
+                  threshold_base, topk_keep, topk_rates)
 
 DEFAULT_TEMPERATURE = 1e-3  # T of the soft stage; the reference sweeps 1e-4 .. 2e-3
 
@@ -20,7 +21,13 @@ def _normaliser(scoring_mode: str, score_length: int, lengths: torch.Tensor) -> 
 
 class ThresholdPruner(nn.Module):
     """LTP ``absolute_threshold``: layer ``i`` keeps a token whose score reaches
-    ``threshold_base[i] + threshold_delta[i]``; the deltas are learned (their own optimiser)."""
+    ``threshold_base[i] + threshold_delta[i]``; the deltas are learned (their own optimiser).
+
+    Layer 0 is skipped, as in the reference (its threshold is exactly 0): it keeps every token, has no
+    soft mask (1 everywhere) and no regulariser term, and never reads ``threshold_delta[0]``, which
+    therefore never gets a gradient. The entry stays in the (L,) parameter so that checkpoints keep
+    one layout; a value an older version learned there is loaded and ignored.
+    """
 
     soft_capable = True
 
@@ -34,15 +41,32 @@ class ThresholdPruner(nn.Module):
         self.threshold_delta = nn.Parameter(torch.zeros(depth))
 
     def thresholds(self) -> torch.Tensor:
-        return self.threshold_base + self.threshold_delta
+        """(L,) the thresholds in use: 0 for the skipped layer 0, ``base + delta`` after it."""
+        learned = self.threshold_base + self.threshold_delta
+        return torch.cat([torch.zeros_like(learned[:FIRST_PRUNED_LAYER]), learned[FIRST_PRUNED_LAYER:]])
 
     def decide(self, layer: int, probs: torch.Tensor, live: torch.Tensor, lengths: torch.Tensor, *,
                soft: bool, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+        if layer < FIRST_PRUNED_LAYER:  # skipped: keep everything, no mask
+            return torch.ones_like(live, dtype=probs.dtype) if soft else live.bool()
         score = received_attention(probs, live, _normaliser(self.scoring_mode, self.score_length, lengths))
         threshold = self.thresholds()[layer]
         if soft:
             return soft_keep(score, threshold, temperature)
         return hard_keep(score, threshold, live)
+
+    def regulariser(self, masks, valid: torch.Tensor, *, temperature: float = DEFAULT_TEMPERATURE,
+                    pad_to: int | None = None) -> torch.Tensor:
+        """LTP's ``sum_l mean(mask_l)`` over the pruned layers ``1 .. L-1`` (the trainer weighs it by
+        lambda). The mean is over real tokens, or, with ``pad_to=N`` (the reference's biased variant),
+        over N positions per sample, as if every batch had been padded to N: positions past the batch's
+        width hold the mask of a zero score, ``sigmoid(-threshold_l / T)``, what padding gets."""
+        masks = list(masks)[FIRST_PRUNED_LAYER:]
+        if pad_to is None:
+            return mask_means(masks, valid).sum()
+        zero = torch.zeros((), dtype=masks[0].dtype, device=masks[0].device)
+        pad_values = torch.sigmoid((zero - self.thresholds()[FIRST_PRUNED_LAYER:]) / temperature)
+        return padded_mask_means(masks, pad_values, pad_to).sum()
 
     def extra_repr(self) -> str:
         return f"depth={self.threshold_delta.numel()}, scoring_mode={self.scoring_mode!r}"

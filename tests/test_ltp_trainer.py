@@ -69,7 +69,8 @@ SOFT = dict(masking_mode="soft", lambda_threshold=1.0, temperature=1e-2, lr_thre
 
 
 def test_soft_stage_lowers_the_kept_share(tmp_path):
-    model = tiny_model(prune_mode="absolute_threshold", final_token_threshold=0.0)
+    # three layers: layer 0 never prunes (as in the reference), so two would prune only after the last
+    model = tiny_model(prune_mode="absolute_threshold", final_token_threshold=0.0, num_hidden_layers=3)
     trainer = trainer_for(model, training_args(tmp_path, max_steps=20, **SOFT))
     before = trainer.evaluate()
     assert before["eval_kept_mean"] > 0.95 and before["eval_relative_flops"] == pytest.approx(1, abs=0.05)
@@ -77,7 +78,8 @@ def test_soft_stage_lowers_the_kept_share(tmp_path):
     after = trainer.evaluate()
     assert after["eval_kept_mean"] < before["eval_kept_mean"] - 0.15
     assert after["eval_relative_flops"] < before["eval_relative_flops"]
-    assert (model.ltp.pruner.threshold_delta > 0).all()   # lambda pushed every threshold up
+    assert (model.ltp.pruner.threshold_delta[1:] > 0).all()   # lambda pushed every threshold up
+    assert model.ltp.pruner.threshold_delta[0] == 0            # but layer 0's, which is skipped
     assert trainer.threshold_optimizer.param_groups[0]["params"][0] is model.ltp.pruner.threshold_delta
     main_ids = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert id(model.ltp.pruner.threshold_delta) not in main_ids
@@ -118,7 +120,7 @@ def test_threshold_optimizer_is_checkpointed_and_resumed(tmp_path):
 
 @pytest.mark.parametrize("host_type", ["bert", "roberta"])
 def test_hard_stage_freezes_thresholds(tmp_path, host_type):
-    model = tiny_model(host_type, prune_mode="absolute_threshold", final_token_threshold=0.02)
+    model = tiny_model(host_type, prune_mode="absolute_threshold", final_token_threshold=0.02, num_hidden_layers=3)
     with torch.no_grad():
         model.ltp.pruner.threshold_delta.fill_(0.01)
     weight = next(model.classifier.parameters()).detach().clone()
@@ -126,7 +128,7 @@ def test_hard_stage_freezes_thresholds(tmp_path, host_type):
     trainer.train()
     assert trainer.threshold_optimizer is None and trainer.threshold_scheduler is None
     assert not model.ltp.pruner.threshold_delta.requires_grad
-    assert torch.equal(model.ltp.pruner.threshold_delta, torch.full((2,), 0.01))
+    assert torch.equal(model.ltp.pruner.threshold_delta, torch.full((3,), 0.01))
     assert not torch.equal(next(model.classifier.parameters()), weight)   # the rest of the model trains
     assert trainer.state.log_history[0]["kept_mean"] < 1     # hard masks prune while training
     assert not any(name.startswith(THRESHOLD_OPTIMIZER_NAME) for name in os.listdir(tmp_path / "out"))

@@ -64,8 +64,8 @@ def test_concrete_soft_and_hard_agree_and_cls_kept():
     _assert_plan(soft)
     _assert_plan(hard)
     assert set(hard.unique().tolist()) <= {0.0, 1.0}
-    # the last layer's input set: soft >= 0.5 exactly where hard keeps (same recursion up to there)
-    assert torch.equal(soft[-2] >= 0.5, hard[-2] > 0.5)
+    # the recursion runs on the soft masks in both modes: every hard set is its soft mask >= 0.5
+    assert torch.equal(soft >= 0.5, hard > 0.5)
 
 
 def test_concrete_p_logit_moves_the_keep_ratio():
@@ -86,6 +86,9 @@ def test_concrete_fixed_budget_equal_counts():
     _assert_plan(masks)
     counts = masks.sum(-1)
     assert (counts == counts[:, :1]).all()
+    with pytest.raises(ValueError, match="need budget='per_sample'"):
+        concrete_masks(_random_attention(), torch.zeros(4), hard=True, budget="fixed",
+                       valid=torch.ones(5, 9, dtype=torch.bool))
 
 
 def test_padding_is_never_kept():

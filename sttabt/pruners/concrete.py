@@ -30,15 +30,23 @@ def _standard_normal_cdf(z: torch.Tensor) -> torch.Tensor:
 
 
 def key_scores(logits: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Steps 1-2: standardise each attention row over valid keys, Phi, average heads. (B, T, T)."""
+    """Steps 1-2: standardise each attention row over the valid keys (population std: divide by the
+    number of valid keys), Phi, average heads. (B, T, T).
+
+    Padding keys take no part in the mean or the std and score exactly 0, what the reference's
+    -10000 key bias before the standardisation gives; what the logits hold there does not matter.
+    """
     if valid is None:
-        std, mean = torch.std_mean(logits, dim=-1, keepdim=True)
+        keys = torch.ones_like(logits[:, :1, :1, :], dtype=torch.bool)
     else:
-        keys = valid[:, None, None, :].to(logits.dtype)
-        n = keys.sum(-1, keepdim=True)
-        mean = (logits * keys).sum(-1, keepdim=True) / n
-        std = (((logits - mean) ** 2 * keys).sum(-1, keepdim=True) / (n - 1).clamp_min(1)).sqrt()
-    return _standard_normal_cdf((logits - mean) / (std + STD_EPS)).mean(1)
+        keys = valid.bool()[:, None, None, :]
+    logits = logits.masked_fill(~keys, 0.0)
+    weight = keys.to(logits.dtype)
+    n = weight.sum(-1, keepdim=True).clamp_min(1)
+    mean = logits.sum(-1, keepdim=True) / n
+    variance = (((logits - mean) * weight) ** 2).sum(-1, keepdim=True) / n
+    std = variance.clamp_min(torch.finfo(logits.dtype).tiny).sqrt()  # finite gradient on constant rows
+    return (_standard_normal_cdf((logits - mean) / (std + STD_EPS)) * weight).mean(1)
 
 
 def concrete_masks(
@@ -54,14 +62,18 @@ def concrete_masks(
     """Plan (L + 1, B, T) of soft (``hard=False``) or 0/1 masks, nested, CLS always kept.
 
     ``logits[l]``: (B, H, T, T) pre-softmax attention logits of the scout at layer ``l``;
-    ``p_logits``: (L,); ``valid``: optional (B, T) bool of real (non-padding) tokens.
-    In hard mode the recursion runs on the hard masks, so dropped queries never vote.
+    ``p_logits``: (L,); ``valid``: optional (B, T) bool of real (non-padding) tokens; padding takes
+    no part in any statistic and is never kept, so a sample's plan does not depend on its padding.
+    The recursion always runs on the soft masks; hard mode thresholds each layer's soft mask
+    (``m_l >= 0.5``), as the reference does. Soft masks are nested, so the hard ones are too.
     ``budget="fixed"`` (hard only) keeps, per layer, the batch-mean count of the per-sample rule
     (rounded, at least the next layer's count) for every sample, chosen by the relaxed mask value.
     """
     check_budget(budget)
     if budget == "fixed" and not hard:
         raise ValueError("budget='fixed' needs hard masks; soft masks keep every token partly")
+    if budget == "fixed" and valid is not None:
+        raise ValueError("inputs with padding (valid=...) need budget='per_sample'")
     depth = len(logits)
     if p_logits.shape != (depth,):
         raise ValueError(f"need one p_logit per layer ({depth}), got shape {tuple(p_logits.shape)}")
@@ -70,8 +82,9 @@ def concrete_masks(
     validf = torch.ones(batch, tokens, device=logits[0].device, dtype=dtype) if valid is None else valid.to(dtype)
     cls = cls_one_hot(batch, tokens, device=logits[0].device, dtype=dtype)
     score = cls  # c: the previous layer's scores, starting at one-hot(CLS)
-    out = cls    # m_{l+1}
-    masks = [out]
+    out = cls    # soft m_{l+1}
+    kept = cls.bool()  # hard m_{l+1}
+    soft_masks, hard_masks = [out], [kept]
     for layer in reversed(range(depth)):
         u = key_scores(logits[layer].to(dtype), valid)
         rows = out * (p * score + 1 - p)
@@ -80,17 +93,18 @@ def concrete_masks(
         s = (SCORE_FLOOR + (1 - SCORE_FLOOR) * s) * validf
         score = s
         relaxed = torch.sigmoid((p_logits[layer] + torch.logit(s, eps=LOGIT_EPS)) / tau) * validf
-        mask = torch.maximum(relaxed, out)
+        out = torch.maximum(relaxed, out)
+        soft_masks.append(out)
         if hard:
-            keep = mask >= HARD_THRESHOLD
+            keep = out >= HARD_THRESHOLD
             if budget == "fixed":
-                kept_out = out > HARD_THRESHOLD
-                count = keep.sum(-1).float().mean().round().long().clamp(min=kept_out.sum(-1).max())
-                keep = fill_to_count(relaxed.masked_fill(validf == 0, -1.0), kept_out, count.expand(batch))
-            mask = keep.to(dtype)
-        out = mask
-        masks.append(out)
-    return torch.stack(masks[::-1])
+                count = keep.sum(-1).float().mean().round().long().clamp(min=kept.sum(-1).max())
+                keep = fill_to_count(relaxed.masked_fill(validf == 0, -1.0), kept, count.expand(batch))
+            kept = keep
+            hard_masks.append(kept)
+    if hard:
+        return torch.stack(hard_masks[::-1]).to(dtype)
+    return torch.stack(soft_masks[::-1])
 
 
 def concrete_regulariser(

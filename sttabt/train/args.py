@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight-decay", type=float, default=0.05, help="none on biases, norms and p-logits")
     g.add_argument("--kd-weight", type=float, default=0.5, help="weight of KL(teacher || student logits)")
     g.add_argument("--model-ema-decay", type=float, default=0.9999, help="EMA decay (0: no EMA)")
+    g.add_argument("--dense-control", action="store_true",
+                   help="also fine-tune the dense teacher like the concrete stage (same epochs, lr and KD, no "
+                        "masks) and report it next to the concrete rows")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     g.add_argument("--total-batch-size", type=int, default=512,

@@ -1,11 +1,12 @@
 """The STTABT pipeline as stage functions: dense teacher, scout distillation, concrete fine-tuning
-per p-logit, and the sweep summary.
+per p-logit, its dense control (``--dense-control``), and the sweep summary.
 
 Layout of a run, ``OUTPUT/<model>-f<factor>/``::
 
     teacher/                 model.pth (dense host weights), results.json      (only without --teacher-checkpoint)
     approx/                  scout.pth, results.json
     concrete/p_logit_<v>/    model.pth, model_ema.pth (STTABT checkpoints), results.json
+    dense_control/           model.pth, model_ema.pth (dense host weights), results.json   (--dense-control)
     summary.json, summary.csv, args.yaml
 
 and in every stage folder ``checkpoint.pth`` (training state), ``log.jsonl`` and ``tb/`` (TensorBoard).
@@ -32,11 +33,12 @@ from .loop import Loop, StageSpec, fit
 from .pictures import token_pictures
 from .state import CHECKPOINT, RESULTS, read_results, seed_everything, write_json
 from .summary import write_summary
-from .tasks import Classification, ConcreteFineTuning, Distillation
+from .tasks import Classification, ConcreteFineTuning, DenseFineTuning, Distillation
 
 TEACHER_WEIGHTS = "model.pth"
 SCOUT_WEIGHTS = "scout.pth"
-SEED_OFFSETS = {"teacher": 0, "approx": 1, "concrete": 2}  # each stage starts from its own seed
+# each stage starts from its own seed; the dense control shares the concrete stage's (same data order)
+SEED_OFFSETS = {"teacher": 0, "approx": 1, "concrete": 2, "dense_control": 2}
 
 
 @dataclass
@@ -236,6 +238,47 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
                                  **final, "history": result["history"]}, fingerprint)
 
 
+# --------------------------------------------------------------------------------------------------
+# stage 2b: the dense control (--dense-control)
+# --------------------------------------------------------------------------------------------------
+def dense_control_stage(run: Run, teacher: Path) -> dict:
+    """The dense teacher fine-tuned like the concrete stage (same epochs, schedule, lr, weight decay,
+    EMA, augmentation, seed and KD from the frozen teacher with the same weight) but without masks,
+    so that the only difference from a concrete row is the masks."""
+    a, folder = run.args, run.stage_folder("dense_control")
+    fingerprint = run.fingerprint("dense_control", teacher=str(teacher), epochs=a.epochs, lr=a.lr,
+                                  kd_weight=a.kd_weight)
+    results = _done(run, folder, fingerprint)
+    if results is not None:
+        print_main(run, f"[dense control] finished earlier: top-1 {results['top1']:.2f}")
+        return results
+    seed_everything(a.seed + SEED_OFFSETS["dense_control"])
+    model = run.build()
+    load_teacher(model, teacher, reinit_scout=False)
+    host = model.host
+    frozen = copy.deepcopy(host)
+    train, val = run.loaders("concrete")
+    spec = StageSpec("dense control", folder, a.epochs, a.lr, a.weight_decay, warmup_epochs=a.warmup_epochs,
+                     min_lr=a.min_lr, ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
+                     fingerprint=fingerprint)
+
+    def evaluate(m, ema):
+        metrics = {"top1": top1(m, val, run.dist)}
+        if ema is not None:
+            metrics["ema_top1"] = top1(ema, val, run.dist)
+        return metrics
+
+    task = DenseFineTuning(host, frozen, smoothing=a.smoothing, kd_weight=a.kd_weight)
+    result, ema = fit(spec, run.loop, task=task, trained=host, loader=train, evaluate=evaluate)
+    final = result["final"] or evaluate(host, None)
+    if run.dist.main:
+        atomic_save({"model": host.state_dict()}, folder / TEACHER_WEIGHTS)
+        if ema is not None:
+            atomic_save({"model": ema.state_dict()}, folder / "model_ema.pth")
+    return _finish(run, folder, {"stage": "dense_control", **final, "gflops": vit_flops(host).gflops,
+                                 "history": result["history"]}, fingerprint)
+
+
 def print_main(run: Run, text: str) -> None:
     if run.dist.main:
         print(text, flush=True)
@@ -263,7 +306,8 @@ def check_inputs(run: Run) -> None:
     if not a.auto_resume:
         stages = ([] if a.teacher_checkpoint else [run.stage_folder("teacher")]) \
             + ([] if a.skip_approx else [run.stage_folder("approx")]) \
-            + [run.stage_folder("concrete", v) for v in a.p_logits]
+            + [run.stage_folder("concrete", v) for v in a.p_logits] \
+            + ([run.stage_folder("dense_control")] if a.dense_control else [])
         taken = [str(f) for f in stages if (f / CHECKPOINT).exists() or (f / RESULTS).exists()]
         if taken:
             raise ValueError(f"{', '.join(taken)} already hold{'s' if len(taken) == 1 else ''} a run; pass "
@@ -279,5 +323,6 @@ def run_pipeline(run: Run) -> dict:
     teacher, dense = teacher_stage(run)
     scout = approx_stage(run, teacher)
     rows = [concrete_stage(run, teacher, scout, v) for v in a.p_logits]
+    control = dense_control_stage(run, teacher) if a.dense_control else None
     approx = read_results(run.stage_folder("approx")) or {}
-    return write_summary(run.folder, dense, rows, approx, main=run.dist.main)
+    return write_summary(run.folder, dense, rows, approx, main=run.dist.main, control=control)

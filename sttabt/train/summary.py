@@ -1,5 +1,6 @@
-"""The sweep summary: one row for the dense teacher and one per p-logit, as a table, JSON and CSV
-(``summary.json`` is what ``tools/plot.py`` reads)."""
+"""The sweep summary: one row for the dense teacher, one for its dense control when it was trained
+(``--dense-control``: fine-tuned like the concrete stage, without masks) and one per p-logit, as a
+table, JSON and CSV (``summary.json`` is what ``tools/plot.py`` reads)."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +13,17 @@ COLUMNS = ("p_logit", "target_keep", "keep_mean", "gflops", "hard_top1", "soft_t
            "ema_soft_top1")
 
 
-def summary_rows(dense: dict, concrete: list[dict]) -> list[dict]:
-    rows = [{"method": "dense", "p_logit": None, "target_keep": 1.0, "keep_mean": 1.0, "keep_per_layer": None,
-             "gflops": dense.get("gflops"), "hard_top1": dense.get("top1"), "soft_top1": dense.get("top1"),
-             "ema_hard_top1": dense.get("ema_top1"), "ema_soft_top1": dense.get("ema_top1")}]
+LABELS = {"dense": "dense", "dense_control": "dense+ft"}  # the table's first column for rows without p-logit
+
+
+def _dense_row(method: str, results: dict) -> dict:
+    return {"method": method, "p_logit": None, "target_keep": 1.0, "keep_mean": 1.0, "keep_per_layer": None,
+            "gflops": results.get("gflops"), "hard_top1": results.get("top1"), "soft_top1": results.get("top1"),
+            "ema_hard_top1": results.get("ema_top1"), "ema_soft_top1": results.get("ema_top1")}
+
+
+def summary_rows(dense: dict, concrete: list[dict], control: dict | None = None) -> list[dict]:
+    rows = [_dense_row("dense", dense)] + ([_dense_row("dense_control", control)] if control is not None else [])
     for r in sorted(concrete, key=lambda r: r["p_logit"]):
         rows.append({"method": "sttabt_concrete", **{k: r.get(k) for k in COLUMNS},
                      "keep_per_layer": r.get("keep_per_layer"), "dense_gflops": r.get("dense_gflops"),
@@ -35,15 +43,16 @@ def format_table(rows: list[dict]) -> str:
     out.write(head + "\n" + "-" * len(head) + "\n")
     for r in rows:
         layers = " ".join(f"{k:.2f}" for k in r["keep_per_layer"]) if r.get("keep_per_layer") else "all"
-        label = "dense" if r["p_logit"] is None else f"{r['p_logit']:g}"
+        label = LABELS.get(r["method"], "dense") if r["p_logit"] is None else f"{r['p_logit']:g}"
         out.write(f"{label:>8s} {_cell(r['target_keep'], '7.2f')} {_cell(r['keep_mean'], '6.2f')} "
                   f"{_cell(r['gflops'], '8.4f')} {_cell(r['hard_top1'], '7.2f')} {_cell(r['soft_top1'], '7.2f')} "
                   f"{_cell(r['ema_hard_top1'], '9.2f')} {_cell(r['ema_soft_top1'], '9.2f')}  {layers}\n")
     return out.getvalue()
 
 
-def write_summary(folder: Path, dense: dict, concrete: list[dict], approx: dict, *, main: bool = True) -> dict:
-    rows = summary_rows(dense, concrete)
+def write_summary(folder: Path, dense: dict, concrete: list[dict], approx: dict, *, main: bool = True,
+                  control: dict | None = None) -> dict:
+    rows = summary_rows(dense, concrete, control)
     summary = {"run": str(folder), "rows": rows,
                "scout": {k: approx.get(k) for k in ("attention_kl", "distill_loss")},
                "table": format_table(rows)}

@@ -3,7 +3,8 @@ DistributedDataParallel wrapper covers whatever a stage trains.
 
 * :class:`Classification`: the dense teacher, cross-entropy on (mixed) soft targets;
 * :class:`Distillation`: the scout against the frozen teacher (section 3.1);
-* :class:`ConcreteFineTuning`: soft concrete masks, cross-entropy + regularisers + KD (section 3.5).
+* :class:`ConcreteFineTuning`: soft concrete masks, cross-entropy + regularisers + KD (section 3.5);
+* :class:`DenseFineTuning`: its control, the same loss without masks (cross-entropy + KD).
 """
 from __future__ import annotations
 
@@ -89,3 +90,22 @@ class ConcreteFineTuning(_FrozenTeacher):
         loss = ce + regulariser + self.kd_weight * kd
         keep = out.masks[:-1].detach().mean()
         return loss, {"loss": loss, "ce": ce, "regulariser": regulariser, "kd": kd, "soft_keep": keep}
+
+
+class DenseFineTuning(_FrozenTeacher):
+    """The control of :class:`ConcreteFineTuning`: the dense host fine-tuned with the same
+    ``CE + kd KL(t || s)`` and no masks (so no regularisers), to tell what the masks cost from what
+    the extra epochs give."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, *, smoothing: float = 0.0, kd_weight: float = 0.5):
+        super().__init__(teacher)
+        self.model, self.smoothing, self.kd_weight = model, smoothing, kd_weight
+
+    def forward(self, images, targets):
+        logits = self.model(images)
+        ce = soft_target_loss(logits, targets, self.smoothing)
+        with torch.no_grad():
+            teacher = self.teacher(images)
+        kd = logit_kd(logits, teacher)
+        loss = ce + self.kd_weight * kd
+        return loss, {"loss": loss, "ce": ce, "kd": kd}
