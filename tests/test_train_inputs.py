@@ -124,3 +124,18 @@ def test_skip_bad_images_leaves_them_out_and_counts_them(tmp_path, capsys, one_t
         results = json.loads((run_dir(tmp_path) / stage / "results.json").read_text())
         assert results["skipped_images"] == {"train": 1, "val": 1}, stage
         assert results["fingerprint"]["train_images"] == 31
+
+
+def test_truncated_teacher_checkpoint_is_named_before_any_work(tmp_path, capsys):
+    import timm
+
+    teacher = timm.create_model("deit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, depth=2,
+                                num_heads=2, num_classes=10)
+    path = tmp_path / "teacher.pth"
+    torch.save({"model": teacher.state_dict()}, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    config = str(write_config(tmp_path))
+    assert train_imagenet.main(["--config", config, "--teacher-checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path} is truncated or damaged") and "dense teacher checkpoint" in err, err
+    assert "weights_only" not in err and not run_dir(tmp_path).exists()

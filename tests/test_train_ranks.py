@@ -61,7 +61,7 @@ def test_bad_image_on_rank_1_is_one_error_line_from_that_rank(tmp_path):
     assert all(e == "error: [rank 0] stopped because rank 1 found bad input (its error is printed above)"
                for e in errors[1:]), out
     assert "/sttabt/" not in out and "train_imagenet.py\", line" not in out, "no traceback of ours: " + out
-    assert "exitcode  : 2" in out  # torchrun's report of the failed process
+    assert "ChildFailedError" in out  # torchrun's report: every process ended (which one first is a race)
 
 
 INJECT = '''

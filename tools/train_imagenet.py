@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import sttabt  # noqa: F401  (registers the models; fixes torchvision first)
@@ -29,6 +30,7 @@ from sttabt.train.loop import Loop
 from sttabt.train.stages import Run
 
 PEER_FAILED = 1  # exit status of a process stopped because another one failed
+SAME_ERROR_WAIT = timedelta(seconds=10)  # how long another process waits to see rank 0 refuse the same input
 
 
 def report(message: str, dist: Dist | None = None) -> None:
@@ -60,6 +62,19 @@ def prepare(args, dist: Dist) -> Run:
     return run
 
 
+def refused(message: str, dist: Dist) -> int:
+    """Bad input found before any work: every process checks the same input, so rank 0 reports it;
+    another process reports only what rank 0 did not find (a file system that differs per node)."""
+    if dist.main:
+        report(message)  # before announcing: the others then exit, and torchrun ends this process
+        dist.announce_failure(f"rank 0 found bad input: {message}")
+        return 2
+    dist.announce_failure(f"rank {dist.rank} found bad input: {message}")
+    if dist.failure_of(0, SAME_ERROR_WAIT) != f"rank 0 found bad input: {message}":
+        report(message, dist)
+    return 2
+
+
 def stopped(err: Exception, dist: Dist) -> int:
     """An error during training: bad input found by this process (its share of the images) is one
     line and exit 2; a failure caused by another process's stopping is one line; anything else is
@@ -69,8 +84,8 @@ def stopped(err: Exception, dist: Dist) -> int:
         report(f"stopped because {peer} (its error is printed above)", dist)
         return PEER_FAILED
     if isinstance(err, InputError):
-        dist.announce_failure(f"rank {dist.rank} found bad input")
         report(one_line(err), dist)
+        dist.announce_failure(f"rank {dist.rank} found bad input")
         return 2
     dist.announce_failure(f"rank {dist.rank} failed ({type(err).__name__})")
     raise err
@@ -88,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run = prepare(args, dist)
         except ValueError as err:
-            if dist.main:  # every process checks the same input
-                report(one_line(err))
-            return 2
+            return refused(one_line(err), dist)
         try:
             summary = train_stages(run)
         except Exception as err:

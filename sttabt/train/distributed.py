@@ -56,6 +56,17 @@ class Dist:
                 return None
         return None
 
+    def failure_of(self, rank: int, wait: timedelta) -> str | None:
+        """What process ``rank`` announced, waiting up to ``wait`` for it; None when it announced nothing."""
+        store = _store() if self.enabled else None
+        if store is None:
+            return None
+        try:
+            store.wait([f"{FAILURE_KEY}/{rank}"], wait)
+            return store.get(f"{FAILURE_KEY}/{rank}").decode()
+        except Exception:  # nothing announced in time (or the store is gone)
+            return None
+
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum of ``t`` over processes (in place on a copy); identity for one process."""
         t = t.detach().clone()
