@@ -166,3 +166,17 @@ def test_damaged_files_of_a_run_are_named_before_any_work(whole, tmp_path, capsy
     err = refused(capsys, out)
     assert f"no usable training checkpoint in {stage}" in err and "Remove" in err, err
     assert "weights_only" not in err
+
+
+def test_what_a_stage_depends_on_does_not_depend_on_the_number_of_processes(tmp_path):
+    from sttabt.train import data, parse_args
+    from sttabt.train.distributed import Dist
+    from sttabt.train.stages import Run
+
+    args = parse_args(["--config", config_for(tmp_path / "out")])
+    split = data.load_split("digits", None, "train")
+    one, two = (Run(args, Dist(world=w), None, tmp_path / "run", split, split).concrete_fingerprint(0.0)
+                for w in (1, 2))
+    assert (one.pop("world"), two.pop("world")) == (1, 2)
+    assert one == two, "finished teacher and scout are recognised whatever the number of processes"
+    assert "/" not in json.dumps(one), "no paths: a moved run is the same run"

@@ -50,6 +50,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _what_it_made(fingerprint: dict) -> dict:
+    """A stage's fingerprint as the identity of what it wrote: the number of processes is left out
+    (it changes how the work is shared, not the result), as when finished stages are compared."""
+    return {k: v for k, v in fingerprint.items() if k != "world"}
+
+
 @dataclass
 class Run:
     args: argparse.Namespace
@@ -97,7 +103,7 @@ class Run:
         """The given teacher file's checksum, or the settings of the teacher stage that trains it."""
         if self.args.teacher_checkpoint:
             return {"checkpoint_sha256": file_sha256(self.args.teacher_checkpoint)}
-        return self.teacher_fingerprint()
+        return _what_it_made(self.teacher_fingerprint())
 
     def teacher_fingerprint(self) -> dict:
         return self.fingerprint("teacher", epochs=self.args.teacher_epochs, lr=self.args.teacher_lr)
@@ -111,10 +117,10 @@ class Run:
         """The approx stage's settings; with ``--skip-approx`` those its results recorded (or the
         scout file's checksum)."""
         if not self.args.skip_approx:
-            return self.approx_fingerprint()
+            return _what_it_made(self.approx_fingerprint())
         folder = self.stage_folder("approx")
         recorded = (read_results(folder) or {}).get("fingerprint")
-        return recorded or {"scout_sha256": file_sha256(folder / SCOUT_WEIGHTS)}
+        return _what_it_made(recorded) if recorded else {"scout_sha256": file_sha256(folder / SCOUT_WEIGHTS)}
 
     def concrete_fingerprint(self, p_logit: float) -> dict:
         a = self.args
