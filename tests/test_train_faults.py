@@ -97,22 +97,20 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing catches it, nothing after it runs."""
 
 
-@pytest.mark.parametrize("moment", ["after_writing", "between_renames"])
-def test_killed_inside_a_checkpoint_save_then_auto_resume_ends_like_uninterrupted(whole, tmp_path, monkeypatch,
-                                                                                   moment):
-    out = copy_run(whole, tmp_path)
-    shutil.rmtree(out / CONCRETE)  # teacher and scout kept: only the concrete stage runs again
+def run_until_killed(out: Path, monkeypatch, moment: str, at_save: int) -> None:
+    """Run with --auto-resume and stand a kill inside the ``at_save``-th checkpoint save of the
+    concrete stage: after its file is complete but before the rotation, or between the two renames."""
     saves, real_save, real_replace = [], state.atomic_save, os.replace
 
     def save(payload, path):
         real_save(payload, path)
         saves.append(path)
-        if moment == "after_writing" and len(saves) == 3:
+        if moment == "after_writing" and len(saves) == at_save:
             raise Killed  # checkpoint_next.pth complete, not yet rotated in
 
     def replace(src, dst):
         real_replace(src, dst)
-        if moment == "between_renames" and len(saves) == 3 and str(dst).endswith(state.PREVIOUS):
+        if moment == "between_renames" and len(saves) == at_save and str(dst).endswith(state.PREVIOUS):
             raise Killed  # checkpoint.pth gone to checkpoint_prev.pth, the new one still _next
 
     monkeypatch.setattr(state, "atomic_save", save)
@@ -123,7 +121,17 @@ def test_killed_inside_a_checkpoint_save_then_auto_resume_ends_like_uninterrupte
     stage = out / CONCRETE
     assert (stage / state.NEXT).is_file() and not (stage / "results.json").exists()
     assert (stage / state.CHECKPOINT).is_file() == (moment == "after_writing")
+
+
+def test_killed_inside_checkpoint_saves_then_auto_resume_ends_like_uninterrupted(whole, tmp_path, monkeypatch,
+                                                                                capsys):
+    out = copy_run(whole, tmp_path)
+    shutil.rmtree(out / CONCRETE)  # teacher and scout kept: only the concrete stage runs again
+    run_until_killed(out, monkeypatch, "after_writing", at_save=3)       # at step 6 of 16
+    run_until_killed(out, monkeypatch, "between_renames", at_save=2)     # 2 saves after resuming: step 10
+    assert "resumed from" in capsys.readouterr().out
     assert train_imagenet.main(["--config", config_for(out), "--auto-resume"]) == 0
+    assert f"resumed from {out / CONCRETE / state.NEXT}: epoch 1, step 10/16" in capsys.readouterr().out
     assert_ends_like(whole, out)
 
 
