@@ -199,7 +199,8 @@ def _given_teacher(run: Run, folder: Path) -> dict:
     load_teacher(model, run.args.teacher_checkpoint, reinit_scout=False)
     _, val = run.loaders("teacher")
     return _finish(run, folder, {"stage": "teacher", "checkpoint": str(run.args.teacher_checkpoint),
-                                 **run.teacher_identity, "top1": top1(model.host, val, run.dist), "gflops": vit_flops(model.host).gflops})
+                                 **run.teacher_identity, "top1": top1(model.host, val, run.dist),
+                                 "gflops": vit_flops(model.host).gflops})
 
 
 # --------------------------------------------------------------------------------------------------
