@@ -87,3 +87,58 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["model.pth"]
     kept = torch.load(path, weights_only=True)["state_dict"]
     assert all(torch.equal(kept[k], good[k]) for k in good)
+
+
+# --------------------------------------------------------------------------------------------------
+# damaged and foreign files: one clear error naming the file, wherever a checkpoint is read
+# --------------------------------------------------------------------------------------------------
+def damaged_files(tmp_path):
+    """(name, path, what the message must say) for an empty, a truncated and a foreign file."""
+    good = save_checkpoint(tiny(), tmp_path / "good.pth")
+    data = open(good, "rb").read()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.pth").write_text("hello, this is a text file\n")
+    import numpy as np
+    torch.save({"weights": np.zeros(3)}, tmp_path / "pickled.pth")
+    return [("empty", tmp_path / "empty.pth", "is empty (0 bytes)"),
+            ("truncated", tmp_path / "truncated.pth", "is truncated or damaged"),
+            ("foreign", tmp_path / "notes.pth", "is not a PyTorch checkpoint"),
+            ("pickled", tmp_path / "pickled.pth", "pickles Python objects other than tensors")]
+
+
+def test_damaged_files_give_one_clear_error_everywhere(tmp_path):
+    from sttabt.checkpoint import CheckpointError, read_checkpoint
+
+    readers = [read_checkpoint, lambda p: sttabt.load_teacher(tiny(), p), sttabt.create_from_checkpoint,
+               lambda p: sttabt.load_checkpoint(tiny(), p)]
+    for name, path, expected in damaged_files(tmp_path):
+        for read in readers:
+            with pytest.raises(CheckpointError) as caught:
+                read(path)
+            message = str(caught.value)
+            assert str(path) in message and expected in message, (name, message)
+            assert "weights_only" not in message, "no advice the tools cannot follow"
+            assert "\n" not in message
+
+
+def test_wrong_kind_of_checkpoint_says_what_the_file_looks_like(tmp_path):
+    from sttabt.checkpoint import CheckpointError
+
+    dense = tmp_path / "dense.pth"
+    torch.save({"model": timm.create_model("deit_small_patch16_224", **TINY).state_dict()}, dense)
+    with pytest.raises(CheckpointError, match=r"dense.pth is not an STTABT checkpoint.*looks like a ViT/DeiT "
+                                              r"state dict with 3 blocks, width 48"):
+        sttabt.create_from_checkpoint(dense)
+    full = save_checkpoint(tiny(), tmp_path / "full.pth")
+    with pytest.raises(CheckpointError, match="full.pth is a full STTABT checkpoint, not a dense teacher"):
+        sttabt.load_teacher(tiny(), full)
+    deeper = tmp_path / "deeper.pth"
+    torch.save(timm.create_model("deit_small_patch16_224", **{**TINY, "depth": 4}).state_dict(), deeper)
+    with pytest.raises(CheckpointError, match=r"deeper.pth does not match.*looks like a ViT/DeiT state dict with "
+                                              r"4 blocks.*unexpected keys \(\d+\): blocks.3"):
+        sttabt.load_teacher(tiny(), deeper)
+    optimizer = tmp_path / "optimizer.pth"
+    torch.save(torch.optim.SGD(tiny().parameters(), lr=0.1).state_dict(), optimizer)
+    with pytest.raises(CheckpointError, match="looks like an optimizer state"):
+        sttabt.load_teacher(tiny(), optimizer)

@@ -40,6 +40,15 @@ TINY_RUN = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one thread, like the subprocess ones (fast on shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_config(tmp_path: Path, **overrides) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump({**TINY_RUN, "output": str(tmp_path / "out"), **overrides}))
@@ -139,6 +148,9 @@ def test_missing_and_empty_data_folders(tmp_path, capsys):
     expect_error(capsys, ["--config", config, "--data-path", str(tmp_path / "empty")], "no images")
     from PIL import Image
     Image.new("RGB", (16, 16)).save(tmp_path / "empty" / "train" / "cat" / "a.png")
+    expect_error(capsys, ["--config", config, "--data-path", str(tmp_path / "empty")], "holds 1 class folder (cat)")
+    (tmp_path / "empty" / "train" / "dog").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "empty" / "train" / "dog" / "a.png")
     expect_error(capsys, ["--config", config, "--data-path", str(tmp_path / "empty"), "--val-split", "test"],
                  "no 'test' split")
     assert not (tmp_path / "out").exists()

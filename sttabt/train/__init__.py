@@ -7,4 +7,4 @@ augmentation, samplers), :mod:`.augment` (timm transforms and Mixup), :mod:`.dis
 :mod:`.evaluate`, :mod:`.state` (checkpoints and RNG), :mod:`.log`, :mod:`.summary`, :mod:`.stages`.
 """
 from .args import parse_args, parse_p_logits
-from .stages import run_pipeline
+from .pipeline import check_inputs, run_pipeline, train_stages

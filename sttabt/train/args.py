@@ -10,6 +10,8 @@ import re
 
 import yaml
 
+from .checks import check_flags
+
 DEFAULT_P_LOGITS = "-1.5 -1.0 -0.5 0.0 1.0"
 
 
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="val")
     g.add_argument("--workers", type=int, default=4, help="data loader processes per training process")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="decode every image once before training and leave out (and count) those that fail; "
+                        "without it a corrupt image stops the run, naming the file")
     g = p.add_argument_group("stages")
     g.add_argument("--p-logits", nargs="+", default=[DEFAULT_P_LOGITS],
                    help="one concrete model per value; target keep ratio sigmoid(v)")
@@ -154,14 +159,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(**load_config(first.config, parser))
     args = parser.parse_args(argv)
     args.p_logits = parse_p_logits(args.p_logits)
-    if args.total_batch_size % args.batch_size:
-        raise ValueError(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size "
-                         f"{args.batch_size}")
-    for name in ("epochs", "approx_epochs", "teacher_epochs"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
-    if args.warmup_epochs > args.epochs:
-        raise ValueError(f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
+    check_flags(args)
     if args.dataset == "digits" and args.data_path and not os.environ.get("IMAGENET_ROOT") == args.data_path:
         raise ValueError("--dataset digits reads scikit-learn's bundled digits; drop --data-path")
     return args

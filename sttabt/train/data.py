@@ -17,34 +17,56 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .errors import BadImage
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DIGITS_SIZE = 8            # scikit-learn's digits are 8 x 8, 17 grey levels (0..16)
 DIGITS_VAL_SHARE = 0.2     # held-out share of the digits, split once with a fixed permutation
 DIGITS_SPLIT_SEED = 0
 DATASETS = ("imagefolder", "digits")
+MIN_CLASSES = 2
+LISTED_BAD_IMAGES = 5
 
 
 @dataclass
 class Split:
-    """A split before augmentation: ``get(i) -> (PIL image, label)``, ``len``, class names."""
+    """A split before augmentation: ``get(i) -> (PIL image, label)``, ``len``, class names, the name
+    of each sample (its file) and the files left out as unreadable (``--skip-bad-images``)."""
     get: Callable[[int], tuple]
     length: int
     classes: Sequence[str]
     where: str
+    name: Callable[[int], str] = str
+    skipped: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return self.length
+
+    def select(self, picked: Sequence[int], where: str, skipped: tuple[str, ...] = ()) -> "Split":
+        picked = list(picked)
+        return Split(lambda i: self.get(picked[i]), len(picked), self.classes, where,
+                     lambda i: self.name(picked[i]), self.skipped + skipped)
 
     def subset(self, n: int) -> "Split":
         """``n`` images spread evenly over the split (folders are sorted by class, so not the first n)."""
         if not 0 < n < self.length:
             return self
-        picked = [i * self.length // n for i in range(n)]
-        return Split(lambda i: self.get(picked[i]), n, self.classes, f"{self.where} ({n} of {self.length})")
+        return self.select([i * self.length // n for i in range(n)], f"{self.where} ({n} of {self.length})")
+
+
+def read_image(path: str):
+    """An image file as RGB; one that cannot be decoded raises :class:`BadImage` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise BadImage(f"cannot read image {path} ({type(err).__name__}: {err}); replace or remove it, or pass "
+                       "--skip-bad-images to leave out the files that cannot be read") from None
 
 
 def _image_folder(root: str, split: str) -> Split:
-    from PIL import Image
     from timm.data import ImageDataset
 
     folder = os.path.join(root, split)
@@ -60,13 +82,17 @@ def _image_folder(root: str, split: str) -> Split:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     reader = ImageDataset(folder).reader
     classes = sorted(reader.class_to_idx, key=reader.class_to_idx.get)
+    if len(classes) < MIN_CLASSES:
+        raise ValueError(f"{folder} holds {len(classes)} class folder{'s' * (len(classes) != 1)} "
+                         f"({', '.join(classes) or 'images only at the top'}); classification needs at least "
+                         f"{MIN_CLASSES}: ROOT/<split>/<class>/<image>, one folder per class")
+    samples = list(reader.samples)
 
     def get(index: int) -> tuple:
-        path, target = reader[index]
-        with Image.open(path) as image:
-            return image.convert("RGB"), target
+        path, target = samples[index]
+        return read_image(path), target
 
-    return Split(get, len(reader), classes, folder)
+    return Split(get, len(samples), classes, folder, lambda i: samples[i][0])
 
 
 def _digits(split: str) -> Split:
@@ -212,3 +238,44 @@ def eval_loader(split: Split, transform: Callable, *, batch_size: int, world: in
     return DataLoader(Transformed(split, transform), batch_size=batch_size,
                       sampler=Shard(len(split), world=world, rank=rank), num_workers=workers,
                       generator=torch.Generator())
+
+
+class _Readable(Dataset):
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[int, bool]:
+        try:
+            self.split.get(index)
+        except BadImage:
+            return index, False
+        return index, True
+
+
+def without_bad_images(split: Split, *, world: int, rank: int, workers: int,
+                       all_sum: Callable[[torch.Tensor], torch.Tensor]) -> Split:
+    """``split`` less the images that cannot be decoded (each decoded once, the work shared over
+    processes and loader workers; ``all_sum`` sums a tensor over processes)."""
+    bad = torch.zeros(len(split), dtype=torch.int64)
+    loader = DataLoader(_Readable(split), batch_size=64, sampler=Shard(len(split), world=world, rank=rank),
+                        num_workers=workers)
+    for indices, ok in loader:
+        bad[indices[~ok]] = 1
+    bad = all_sum(bad)
+    dropped = [i for i in range(len(split)) if bad[i]]
+    if not dropped:
+        return split
+    if len(dropped) == len(split):
+        raise ValueError(f"none of the {len(split)} images of {split.where} can be read")
+    names = tuple(split.name(i) for i in dropped)
+    kept = [i for i in range(len(split)) if not bad[i]]
+    return split.select(kept, f"{split.where} (less {len(dropped)} unreadable)", names)
+
+
+def describe_skipped(split: Split) -> str:
+    shown = ", ".join(split.skipped[:LISTED_BAD_IMAGES])
+    more = f" (+{len(split.skipped) - LISTED_BAD_IMAGES} more)" if len(split.skipped) > LISTED_BAD_IMAGES else ""
+    return f"--skip-bad-images: left out {len(split.skipped)} unreadable image(s) of {split.where}: {shown}{more}"

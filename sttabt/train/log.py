@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import atomic_write
+
 LOG = "log.jsonl"
 
 
@@ -33,7 +35,8 @@ class StageLog:
             return
         folder.mkdir(parents=True, exist_ok=True)
         kept = _records_up_to(self.path, resume_step) if self.path.exists() and resume_step else []
-        self.path.write_text("".join(line + "\n" for line in kept))
+        text = "".join(line + "\n" for line in kept)
+        atomic_write(self.path, lambda f: f.write(text), mode="w")  # a kill here keeps the old log
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             # purge_step drops events a killed run wrote after its last checkpoint

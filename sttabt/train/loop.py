@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .distributed import Dist
 from .log import StageLog
-from .state import Position, load_training_state, save_training_state, set_rng_states
+from .state import Position, find_training_state, save_training_state, set_aside, set_rng_states
 
 WARMUP_LR_INIT = 1e-6  # learning rate at the first warm-up step (timm's default)
 
@@ -94,7 +94,13 @@ def fit(spec: StageSpec, loop: Loop, *, task: nn.Module, trained: nn.Module, loa
     ema = ModelEmaV3(trained, decay=spec.ema_decay, use_warmup=True) if spec.ema_decay else None
 
     position, history = Position(), []
-    state = load_training_state(spec.folder, spec.fingerprint)
+    found = find_training_state(spec.folder, spec.fingerprint)
+    d.barrier()  # every rank has read before a damaged file is set aside
+    for path, problem in found.damaged:
+        if d.main:
+            print(f"warning: [{spec.name}] {problem}; continuing from {found.path} instead (the damaged "
+                  f"file is kept as {set_aside(path)})", flush=True)
+    state = found.state
     if state is not None:
         trained.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -106,7 +112,7 @@ def fit(spec: StageSpec, loop: Loop, *, task: nn.Module, trained: nn.Module, loa
         position, history = Position(**state["position"]), state["history"]
         set_rng_states(state["rng"])
         if d.main:
-            print(f"[{spec.name}] resumed from {spec.folder / 'checkpoint.pth'}: epoch {position.epoch}, "
+            print(f"[{spec.name}] resumed from {found.path}: epoch {position.epoch}, "
                   f"step {position.global_step}/{total_steps}")
 
     log = StageLog(spec.folder, enabled=d.main, resume_step=position.global_step, tensorboard=loop.tensorboard)

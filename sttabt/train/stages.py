@@ -9,21 +9,24 @@ Layout of a run, ``OUTPUT/<model>-f<factor>/``::
     dense_control/           model.pth, model_ema.pth (dense host weights), results.json   (--dense-control)
     summary.json, summary.csv, args.yaml
 
-and in every stage folder ``checkpoint.pth`` (training state), ``log.jsonl`` and ``tb/`` (TensorBoard).
+and in every stage folder ``checkpoint.pth`` and ``checkpoint_prev.pth`` (the last two training states),
+``log.jsonl`` and ``tb/`` (TensorBoard).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import timm
 import torch
-import yaml
 
-from ..checkpoint import atomic_save, load_strict, load_teacher, read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, atomic_save, describe, load_strict, load_teacher, read_checkpoint, \
+    save_checkpoint
 from ..flops import vit_flops
 from ..wrap import STTABT
 from . import augment, data
@@ -31,14 +34,28 @@ from .distributed import Dist
 from .evaluate import scout_quality, sttabt_metrics, top1
 from .loop import Loop, StageSpec, fit
 from .pictures import token_pictures
-from .state import CHECKPOINT, RESULTS, read_results, seed_everything, write_json
-from .summary import write_summary
+from .state import RESULTS, read_results, seed_everything, write_json
 from .tasks import Classification, ConcreteFineTuning, DenseFineTuning, Distillation
 
 TEACHER_WEIGHTS = "model.pth"
 SCOUT_WEIGHTS = "scout.pth"
 # each stage starts from its own seed; the dense control shares the concrete stage's (same data order)
 SEED_OFFSETS = {"teacher": 0, "approx": 1, "concrete": 2, "dense_control": 2}
+HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _what_it_made(fingerprint: dict) -> dict:
+    """A stage's fingerprint as the identity of what it wrote: the number of processes is left out
+    (it changes how the work is shared, not the result), as when finished stages are compared."""
+    return {k: v for k, v in fingerprint.items() if k != "world"}
 
 
 @dataclass
@@ -76,14 +93,52 @@ class Run:
         return train, val
 
     def fingerprint(self, stage: str, **extra) -> dict:
-        """Settings a stage's checkpoint must agree with to be resumed."""
+        """Settings a stage's checkpoint must agree with to be resumed: what the run *is* (settings,
+        the contents of given files), never where it lies, so a moved or copied run folder resumes."""
         a = self.args
         return {"stage": stage, "model": a.model, "model_kwargs": dict(a.model_kwargs), "img_size": a.img_size,
                 "factor": a.factor, "dataset": a.dataset, "train_images": len(self.train), "world": self.dist.world,
                 "batch_size": a.batch_size, "total_batch_size": a.total_batch_size, "seed": a.seed, **extra}
 
+    @cached_property
+    def teacher_identity(self) -> dict:
+        """The given teacher file's checksum, or the settings of the teacher stage that trains it."""
+        if self.args.teacher_checkpoint:
+            return {"checkpoint_sha256": file_sha256(self.args.teacher_checkpoint)}
+        return _what_it_made(self.teacher_fingerprint())
 
-def _done(run: Run, folder: Path, fingerprint: dict) -> dict | None:
+    def teacher_fingerprint(self) -> dict:
+        return self.fingerprint("teacher", epochs=self.args.teacher_epochs, lr=self.args.teacher_lr)
+
+    def approx_fingerprint(self) -> dict:
+        return self.fingerprint("approx", teacher=self.teacher_identity, epochs=self.args.approx_epochs,
+                                lr=self.args.approx_lr)
+
+    @cached_property
+    def scout_identity(self) -> dict:
+        """The approx stage's settings; with ``--skip-approx`` those its results recorded (or the
+        scout file's checksum)."""
+        if not self.args.skip_approx:
+            return _what_it_made(self.approx_fingerprint())
+        folder = self.stage_folder("approx")
+        recorded = (read_results(folder) or {}).get("fingerprint")
+        return _what_it_made(recorded) if recorded else {"scout_sha256": file_sha256(folder / SCOUT_WEIGHTS)}
+
+    def concrete_fingerprint(self, p_logit: float) -> dict:
+        a = self.args
+        return self.fingerprint("concrete", teacher=self.teacher_identity, scout=self.scout_identity,
+                                p_logit=p_logit, epochs=a.epochs, lr=a.lr)
+
+    def dense_control_fingerprint(self) -> dict:
+        a = self.args
+        return self.fingerprint("dense_control", teacher=self.teacher_identity, epochs=a.epochs, lr=a.lr,
+                                kd_weight=a.kd_weight)
+
+    def skipped_images(self) -> dict:
+        return {"train": len(self.train.skipped), "val": len(self.val.skipped)}
+
+
+def finished(run: Run, folder: Path, fingerprint: dict) -> dict | None:
     """The results of a stage finished earlier with the same settings (``--auto-resume`` only)."""
     results = read_results(folder) if run.args.auto_resume else None
     theirs = (results or {}).get("fingerprint")
@@ -92,11 +147,12 @@ def _done(run: Run, folder: Path, fingerprint: dict) -> dict | None:
                          if k != "world" and theirs.get(k) != fingerprint.get(k))
         if changed:
             raise ValueError(f"{folder} finished with other settings ({', '.join(changed)}); choose another "
-                             "--output, or remove that folder to train it again")
+                             "--output, or remove that folder to train it again (nothing was changed)")
     return results
 
 
 def _finish(run: Run, folder: Path, results: dict, fingerprint: dict | None = None) -> dict:
+    results = {**results, "skipped_images": run.skipped_images()}
     if fingerprint is not None:
         results = {**results, "fingerprint": fingerprint}
     if run.dist.main:
@@ -113,8 +169,8 @@ def teacher_stage(run: Run) -> tuple[Path, dict]:
     a, folder = run.args, run.stage_folder("teacher")
     if a.teacher_checkpoint:
         return Path(a.teacher_checkpoint), _given_teacher(run, folder)
-    fingerprint = run.fingerprint("teacher", epochs=a.teacher_epochs, lr=a.teacher_lr)
-    results = _done(run, folder, fingerprint)
+    fingerprint = run.teacher_fingerprint()
+    results = finished(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[teacher] finished earlier: top-1 {results['top1']:.2f} ({folder / RESULTS})")
         return folder / TEACHER_WEIGHTS, results
@@ -144,13 +200,14 @@ def teacher_stage(run: Run) -> tuple[Path, dict]:
 def _given_teacher(run: Run, folder: Path) -> dict:
     """A given teacher is evaluated once (its top-1 is the summary's dense row)."""
     results = read_results(folder)
-    if results is not None and results.get("checkpoint") == str(run.args.teacher_checkpoint):
+    if results is not None and results.get("checkpoint_sha256") == run.teacher_identity["checkpoint_sha256"]:
         return results
     model = run.build()
     load_teacher(model, run.args.teacher_checkpoint, reinit_scout=False)
     _, val = run.loaders("teacher")
     return _finish(run, folder, {"stage": "teacher", "checkpoint": str(run.args.teacher_checkpoint),
-                                 "top1": top1(model.host, val, run.dist), "gflops": vit_flops(model.host).gflops})
+                                 **run.teacher_identity, "top1": top1(model.host, val, run.dist),
+                                 "gflops": vit_flops(model.host).gflops})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,8 +220,8 @@ def approx_stage(run: Run, teacher: Path) -> Path:
     if a.skip_approx:
         print_main(run, f"[approx] --skip-approx: reusing {weights}")
         return weights
-    fingerprint = run.fingerprint("approx", teacher=str(teacher), epochs=a.approx_epochs, lr=a.approx_lr)
-    results = _done(run, folder, fingerprint)
+    fingerprint = run.approx_fingerprint()
+    results = finished(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[approx] finished earlier: attention KL {results['attention_kl']:.4f}")
         return weights
@@ -187,10 +244,11 @@ def approx_stage(run: Run, teacher: Path) -> Path:
 
 
 def load_scout(model: STTABT, path: Path) -> None:
-    state = read_checkpoint(path)
-    if "scout" not in state:
-        raise ValueError(f"{path} is not a scout file written by the approx stage")
-    load_strict(model.scout, state["scout"], f"scout (factor {model.scout.factor})")
+    state = read_checkpoint(path, what="approximation network (scout.pth, written by the approx stage)")
+    if not isinstance(state.get("scout"), dict):
+        raise CheckpointError(f"{path} is not a scout file written by the approx stage (it looks like "
+                              f"{describe(state)})")
+    load_strict(model.scout, state["scout"], f"scout (factor {model.scout.factor})", str(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,8 +257,8 @@ def load_scout(model: STTABT, path: Path) -> None:
 def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict:
     a, folder = run.args, run.stage_folder("concrete", p_logit)
     name = f"concrete p_logit={p_logit:g}"
-    fingerprint = run.fingerprint("concrete", teacher=str(teacher), p_logit=p_logit, epochs=a.epochs, lr=a.lr)
-    results = _done(run, folder, fingerprint)
+    fingerprint = run.concrete_fingerprint(p_logit)
+    results = finished(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[{name}] finished earlier: hard top-1 {results['hard_top1']:.2f}")
         return results
@@ -246,9 +304,8 @@ def dense_control_stage(run: Run, teacher: Path) -> dict:
     EMA, augmentation, seed and KD from the frozen teacher with the same weight) but without masks,
     so that the only difference from a concrete row is the masks."""
     a, folder = run.args, run.stage_folder("dense_control")
-    fingerprint = run.fingerprint("dense_control", teacher=str(teacher), epochs=a.epochs, lr=a.lr,
-                                  kd_weight=a.kd_weight)
-    results = _done(run, folder, fingerprint)
+    fingerprint = run.dense_control_fingerprint()
+    results = finished(run, folder, fingerprint)
     if results is not None:
         print_main(run, f"[dense control] finished earlier: top-1 {results['top1']:.2f}")
         return results
@@ -282,47 +339,3 @@ def dense_control_stage(run: Run, teacher: Path) -> dict:
 def print_main(run: Run, text: str) -> None:
     if run.dist.main:
         print(text, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# the whole pipeline
-# --------------------------------------------------------------------------------------------------
-def check_inputs(run: Run) -> None:
-    """Everything that can be wrong with the input, before any work starts (``ValueError``)."""
-    a = run.args
-    if a.model not in timm.list_models("sttabt_*"):
-        raise ValueError(f"unknown model {a.model!r}; registered: {', '.join(timm.list_models('sttabt_*'))}")
-    if a.amp and run.dist.device.type != "cuda":
-        raise ValueError("--amp is bfloat16 autocast on GPU; this run is on the CPU, drop --amp")
-    model = run.build()
-    if a.teacher_checkpoint:
-        load_teacher(model, a.teacher_checkpoint, reinit_scout=False)
-    scout = run.stage_folder("approx") / SCOUT_WEIGHTS
-    if a.skip_approx:
-        if not scout.is_file():
-            raise ValueError(f"--skip-approx: no approximation network at {scout}; run without --skip-approx "
-                             "first (or point --output at the run that has it)")
-        load_scout(model, scout)
-    if not a.auto_resume:
-        stages = ([] if a.teacher_checkpoint else [run.stage_folder("teacher")]) \
-            + ([] if a.skip_approx else [run.stage_folder("approx")]) \
-            + [run.stage_folder("concrete", v) for v in a.p_logits] \
-            + ([run.stage_folder("dense_control")] if a.dense_control else [])
-        taken = [str(f) for f in stages if (f / CHECKPOINT).exists() or (f / RESULTS).exists()]
-        if taken:
-            raise ValueError(f"{', '.join(taken)} already hold{'s' if len(taken) == 1 else ''} a run; pass "
-                             "--auto-resume to continue it, or choose another --output (nothing was changed)")
-
-
-def run_pipeline(run: Run) -> dict:
-    check_inputs(run)
-    a = run.args
-    if run.dist.main:
-        run.folder.mkdir(parents=True, exist_ok=True)
-        (run.folder / "args.yaml").write_text(yaml.safe_dump({k: v for k, v in vars(a).items()}, sort_keys=True))
-    teacher, dense = teacher_stage(run)
-    scout = approx_stage(run, teacher)
-    rows = [concrete_stage(run, teacher, scout, v) for v in a.p_logits]
-    control = dense_control_stage(run, teacher) if a.dense_control else None
-    approx = read_results(run.stage_folder("approx")) or {}
-    return write_summary(run.folder, dense, rows, approx, main=run.dist.main, control=control)

@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+from ..checkpoint import atomic_write
 from .state import write_json
 
 COLUMNS = ("p_logit", "target_keep", "keep_mean", "gflops", "hard_top1", "soft_top1", "ema_hard_top1",
@@ -58,11 +59,11 @@ def write_summary(folder: Path, dense: dict, concrete: list[dict], approx: dict,
                "table": format_table(rows)}
     if main:
         write_json(folder / "summary.json", summary)
-        with (folder / "summary.csv").open("w", newline="") as f:
-            fields = ["method", *COLUMNS, "keep_per_layer"]
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            for r in rows:
-                layers = r.get("keep_per_layer")
-                writer.writerow({**r, "keep_per_layer": " ".join(f"{k:.4f}" for k in layers) if layers else ""})
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=["method", *COLUMNS, "keep_per_layer"], extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            layers = r.get("keep_per_layer")
+            writer.writerow({**r, "keep_per_layer": " ".join(f"{k:.4f}" for k in layers) if layers else ""})
+        atomic_write(folder / "summary.csv", lambda f: f.write(table.getvalue()), mode="w")
     return summary
