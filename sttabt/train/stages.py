@@ -22,6 +22,7 @@ import timm
 import torch
 import yaml
 
+from ..approx import drop_distillation_keys
 from ..checkpoint import atomic_save, load_strict, load_teacher, read_checkpoint, save_checkpoint
 from ..flops import vit_flops
 from ..wrap import STTABT
@@ -173,8 +174,9 @@ def approx_stage(run: Run, teacher: Path) -> Path:
     spec = StageSpec("approx", folder, a.approx_epochs, a.approx_lr, lr_schedule="constant",
                      clip_grad=a.approx_clip_grad,
                      fingerprint=fingerprint)
-    before = scout_quality(model.host, model.scout, val, run.dist)
-    result, _ = fit(spec, run.loop, task=Distillation(model.host, model.scout), trained=model.scout, loader=train,
+    task = Distillation(model.host, model.scout)  # task.student: the scout and its distillation-only parts
+    before = scout_quality(model.host, task.student, val, run.dist)
+    result, _ = fit(spec, run.loop, task=task, trained=task.student, loader=train,
                     evaluate=lambda scout, _: scout_quality(model.host, scout, val, run.dist))
     if run.dist.main:
         atomic_save({"scout": model.scout.state_dict(), "factor": a.factor}, weights)
@@ -188,7 +190,8 @@ def load_scout(model: STTABT, path: Path) -> None:
     state = read_checkpoint(path)
     if "scout" not in state:
         raise ValueError(f"{path} is not a scout file written by the approx stage")
-    load_strict(model.scout, state["scout"], f"scout (factor {model.scout.factor})")
+    scout = drop_distillation_keys(state["scout"], model.scout)  # files from before the scout split
+    load_strict(model.scout, scout, f"scout (factor {model.scout.factor})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,7 +213,6 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
     train, val = run.loaders("concrete")
     spec = StageSpec(name, folder, a.epochs, a.lr, a.weight_decay, warmup_epochs=a.warmup_epochs, min_lr=a.min_lr,
                      ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
-                     find_unused_parameters=True,  # the scout's last MLP and head do not feed the masks
                      fingerprint=fingerprint)
 
     def evaluate(m, ema):
@@ -249,8 +251,6 @@ def check_inputs(run: Run) -> None:
     a = run.args
     if a.model not in timm.list_models("sttabt_*"):
         raise ValueError(f"unknown model {a.model!r}; registered: {', '.join(timm.list_models('sttabt_*'))}")
-    if a.amp and run.dist.device.type != "cuda":
-        raise ValueError("--amp is bfloat16 autocast on GPU; this run is on the CPU, drop --amp")
     model = run.build()
     if a.teacher_checkpoint:
         load_teacher(model, a.teacher_checkpoint, reinit_scout=False)
