@@ -15,7 +15,7 @@ from sttabt.registry import HOSTS
 
 from conftest import TINY
 
-SMALL = {**TINY, "depth": 2}
+SMALL = {**TINY, "depth": 2, "img_size": 16}
 MODELS = timm.list_models("sttabt_*")
 BATCH = 3
 
@@ -27,7 +27,7 @@ def _offline(monkeypatch):
 
 @pytest.fixture
 def x():
-    return torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    return torch.randn(BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
 
 def make(name, **kwargs):
