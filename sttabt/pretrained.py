@@ -24,7 +24,6 @@ from .checkpoint import FORMAT, unwrap
 HOST_PREFIX, SCOUT_PREFIX, PRUNER_PREFIX = "host.", "scout.net.", "pruner."
 
 
-
 def prefixed(names: str | tuple[str, ...] | None, prefix: str = HOST_PREFIX) -> str | tuple[str, ...] | None:
     """Module names of the host (``pretrained_cfg['classifier']``, ``first_conv``) as STTABT names."""
     if names is None:
