@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -67,26 +68,81 @@ def resize_linear(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return out.to(t.dtype)
 
 
-@torch.no_grad()
-def interpolate_init_(student: nn.Module, teacher: nn.Module) -> None:
-    """Copy every teacher tensor into the student, resized by linear interpolation.
-
-    Fused ``qkv`` tensors are resized per q/k/v part so that the parts do not bleed into each other.
-    """
-    source = teacher.state_dict()
-    for name, target in student.state_dict().items():
+def interpolated_state(shapes: Mapping[str, torch.Tensor], source: Mapping[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
+    """Every tensor of ``shapes`` (a student's state dict) made from ``source`` (the teacher's), resized
+    by linear interpolation. Fused ``qkv`` tensors are resized per q/k/v part so that the parts do not
+    bleed into each other; tensors that are not floating point are copied."""
+    out = {}
+    for name, target in shapes.items():
         src = source[name]
         if not target.is_floating_point():
-            target.copy_(src)
+            out[name] = src.clone()
         elif name.endswith(("qkv.weight", "qkv.bias")):
             parts = src.reshape(3, -1, *src.shape[1:])
-            target.copy_(resize_linear(parts, (3, target.shape[0] // 3, *target.shape[1:])).reshape(target.shape))
+            out[name] = resize_linear(parts, (3, target.shape[0] // 3, *target.shape[1:])).reshape(target.shape)
         else:
-            target.copy_(resize_linear(src, target.shape))
+            out[name] = resize_linear(src, target.shape)
+    return out
+
+
+@torch.no_grad()
+def interpolate_init_(student: nn.Module, teacher: nn.Module) -> None:
+    """Copy every teacher tensor into the student, resized by linear interpolation
+    (:func:`interpolated_state`)."""
+    target = student.state_dict()
+    for name, value in interpolated_state(target, teacher.state_dict()).items():
+        target[name].copy_(value)
+
+
+# the parts of a thin copy that only distillation uses (the prediction loss needs the scout's output):
+# planning stops at the last layer's attention logits, which need only that block's norm1, q and k
+DISTILL_ONLY_TOP = ("norm", "fc_norm", "head", "aux_head")
+DISTILL_ONLY_LAST_BLOCK = ("attn.proj", "attn.norm", "ls1", "norm2", "mlp", "ls2")
+
+
+def distill_only_paths(depth: int) -> tuple[str, ...]:
+    """Module paths (in a thin copy of depth ``depth``) that planning never runs."""
+    return DISTILL_ONLY_TOP + tuple(f"blocks.{depth - 1}.{p}" for p in DISTILL_ONLY_LAST_BLOCK)
+
+
+class DistillOnly(nn.Module):
+    """Stands in the scout for a module that only distillation uses (it lives in
+    :class:`ScoutStudent`); calling it is a mistake that says so."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("this part of the scout is used only in distillation and is not in the planning "
+                           "scout: run sttabt.approx.ScoutStudent(scout, teacher) for the full scout output")
+
+
+def _strip(net: nn.Module) -> None:
+    for path in distill_only_paths(len(net.blocks)):
+        parent_path, _, name = path.rpartition(".")
+        parent = net.get_submodule(parent_path) if parent_path else net
+        if isinstance(getattr(parent, name, None), nn.Module):
+            setattr(parent, name, DistillOnly())
+
+
+def drop_distillation_keys(state: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``state`` without the entries of scout parts that older checkpoints kept in the planning scout
+    (the last block's MLP, the head, ``hidden_proj``, ...) and ``model`` (an STTABT model or an
+    :class:`ApproxNet`) no longer has: old STTABT checkpoints and scout files load as before."""
+    expected = model.state_dict()
+    scout = model.scout if hasattr(model, "scout") else model
+    depth, base = len(scout.net.blocks), ("scout." if scout is not model else "")
+    stale = tuple(f"{base}net.{p}." for p in distill_only_paths(depth)) + (f"{base}hidden_proj.",)
+    return {k: v for k, v in state.items() if k in expected or not k.startswith(stale)}
 
 
 class ApproxNet(nn.Module):
-    """Thin scout of a host. ``forward`` returns a :class:`HostOutput` with every layer's logits."""
+    """Thin scout of a host, for planning: ``forward`` returns a :class:`HostOutput` with every layer's
+    attention and the hidden states before the last layer, and stops there (``scores_only``).
+
+    ``net`` is a thin copy of the host (same class) without the parts only distillation uses (see
+    :func:`distill_only_paths`): every parameter it holds feeds the plan, so it gets a gradient
+    whenever the plan does (no unused parameters under DDP). :class:`ScoutStudent` adds those parts
+    back for distillation.
+    """
 
     def __init__(self, host: VisionTransformer, factor: int = DEFAULT_FACTOR, init: str = "interpolate"):
         super().__init__()
@@ -94,8 +150,7 @@ class ApproxNet(nn.Module):
             raise ValueError(f"init must be 'interpolate' or 'random', got {init!r}")
         self.factor = factor
         self.net = type(host)(**thin_kwargs(host, factor))
-        # L_hid: a learned projection of the scout's hidden states to the host's width
-        self.hidden_proj = nn.Linear(self.net.embed_dim, host.embed_dim)
+        _strip(self.net)
         if init == "interpolate":
             self.reset_from(host)
 
@@ -103,11 +158,57 @@ class ApproxNet(nn.Module):
         """Interpolated init of the scout from (new) teacher weights."""
         interpolate_init_(self.net, host)
 
+    def forward(self, images: torch.Tensor, *, attention: str = "logits", scores_only: bool = True
+                ) -> HostOutput:
+        """Every layer's attention (``"logits"`` or head-averaged ``"probs"``) and the hidden states up
+        to the last layer's input (all that pruning needs)."""
+        if not scores_only:
+            raise ValueError("the planning scout stops at the last layer's attention; for its full output "
+                             "(distillation) use sttabt.approx.ScoutStudent(scout, teacher)")
+        return forward_masked(self.net, images, record=True, attention=attention, scores_only=True)
+
+
+def _tie(full: nn.Module, planner: nn.Module, distilled: tuple[str, ...], prefix: str = "") -> None:
+    """Make ``full`` use ``planner``'s modules and parameters wherever ``planner`` has them."""
+    for name, child in list(planner.named_children()):
+        path = prefix + name
+        if isinstance(child, DistillOnly):
+            continue
+        if any(d.startswith(path + ".") for d in distilled):
+            _tie(getattr(full, name), child, distilled, path + ".")
+        else:
+            setattr(full, name, child)
+    for name, param in planner.named_parameters(recurse=False):
+        setattr(full, name, param)
+
+
+class ScoutStudent(nn.Module):
+    """The scout as distillation trains it: the planning scout plus what only distillation uses.
+
+    ``full`` is a complete thin copy of the teacher that shares every module of ``scout.net`` (the
+    same parameters) and owns the rest (the last block's output path, final norm, head), interpolated
+    from ``teacher``; ``hidden_proj`` maps scout hidden states to the teacher's width (L_hid). So
+    training the student trains the planning scout in place. ``forward`` runs the whole thin model.
+    """
+
+    def __init__(self, scout: ApproxNet, teacher: VisionTransformer):
+        super().__init__()
+        self.scout = scout
+        self.factor = scout.factor
+        full = type(teacher)(**thin_kwargs(teacher, scout.factor)).to(next(scout.parameters()).device)
+        interpolate_init_(full, teacher)
+        _tie(full, scout.net, distill_only_paths(len(full.blocks)))
+        self.full = full
+        self.hidden_proj = nn.Linear(full.embed_dim, teacher.embed_dim, device=full.cls_token.device)
+
+    @property
+    def net(self) -> nn.Module:
+        return self.full
+
     def forward(self, images: torch.Tensor, *, attention: str = "logits", scores_only: bool = False
                 ) -> HostOutput:
-        """Every layer's attention (``"logits"`` or head-averaged ``"probs"``), hidden states and
-        logits; ``scores_only`` stops after the last layer's attention (all that pruning needs)."""
-        return forward_masked(self.net, images, record=True, attention=attention, scores_only=scores_only)
+        """Every layer's attention, hidden states and logits of the whole thin model."""
+        return forward_masked(self.full, images, record=True, attention=attention, scores_only=scores_only)
 
 
 @dataclass

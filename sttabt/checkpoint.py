@@ -204,8 +204,11 @@ def _read_sttabt(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Map
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> nn.Module:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model``, strictly."""
+    from .approx import drop_distillation_keys
+
     checkpoint, source = _read_sttabt(checkpoint)
-    return load_strict(model, checkpoint["state_dict"], "STTABT model", source)
+    state = drop_distillation_keys(checkpoint["state_dict"], model)  # checkpoints from before the scout split
+    return load_strict(model, state, "STTABT model", source)
 
 
 def create_from_checkpoint(checkpoint: str | os.PathLike | Mapping[str, Any], **overrides: Any) -> nn.Module:

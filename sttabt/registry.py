@@ -1,19 +1,25 @@
 """timm registrations: ``timm.create_model('sttabt_deit_small', factor=4, p_logit=0.0)``.
 
 Each STTABT model is its dense host (any keyword timm accepts passes through: ``img_size``,
-``patch_size``, ``num_classes``, ``depth``...) wrapped by :func:`sttabt.wrap`. Weights are never
-downloaded: load a dense teacher with :func:`sttabt.load_teacher` or a full checkpoint with
-:func:`sttabt.load_checkpoint`.
+``patch_size``, ``num_classes``, ``depth``...) wrapped by :func:`sttabt.wrap`, built by timm's
+``build_model_with_cfg``: ``pretrained=True`` loads the dense weights its cfg tag names into the host
+and interpolates the scout from them (:mod:`sttabt.pretrained`); ``pretrained_cfg_overlay=dict(file=...)``
+does the same from a local file, ``checkpoint_path=`` takes a saved STTABT model or a dense host file,
+``features_only=True`` gives timm's feature extractor over :meth:`STTABT.forward_intermediates`.
 """
 from __future__ import annotations
 
 import timm
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 
 from .inputs import check_depth, check_factor
+from .pretrained import sttabt_cfg
 from .wrap import STTABT, wrap
+from . import pretrained as _pretrained
 
 _WRAP_KWARGS = ("factor", "pruner", "p_logit", "keep", "budget", "scout_init")
+DEFAULT_OUT_INDICES = 3  # features_only: the last three blocks, as for timm's ViTs
 
 # registered name -> dense host in timm
 HOSTS = {
@@ -24,12 +30,18 @@ HOSTS = {
     "sttabt_lvvit_medium": "lvvit_medium",
 }
 
+# registered name with its tag -> the dense timm weights of its host
+SOURCES = {
+    "sttabt_deit_tiny.fb_in1k": "deit_tiny_patch16_224.fb_in1k",
+    "sttabt_deit_small.fb_in1k": "deit_small_patch16_224.fb_in1k",
+    "sttabt_deit_base.fb_in1k": "deit_base_patch16_224.fb_in1k",
+    "sttabt_lvvit_small.sail_in1k": "lvvit_small.sail_in1k",
+    "sttabt_lvvit_medium.sail_in1k": "lvvit_medium.sail_in1k",
+}
+default_cfgs = generate_default_cfgs({name: sttabt_cfg(dense) for name, dense in SOURCES.items()})
 
-def _create(name: str, pretrained: bool, **kwargs) -> STTABT:
-    if pretrained:
-        raise ValueError(f"{name}: no weights are downloaded; create it with pretrained=False and "
-                         "load a dense teacher with sttabt.load_teacher(model, path) or a saved STTABT "
-                         "checkpoint with sttabt.load_checkpoint(model, path)")
+
+def _build(*, name: str, **kwargs) -> STTABT:
     options = {k: kwargs.pop(k) for k in _WRAP_KWARGS if k in kwargs}
     try:  # before the host is built
         if "factor" in options:
@@ -38,14 +50,26 @@ def _create(name: str, pretrained: bool, **kwargs) -> STTABT:
             check_depth(kwargs["depth"])
     except ValueError as err:
         raise ValueError(f"{name}: {err}") from None
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
     host = timm.create_model(HOSTS[name], pretrained=False, **kwargs)
     model = wrap(host, **options)
     model.create_kwargs = {**kwargs, **options}  # stored in checkpoints to rebuild the model
-    model.pretrained_cfg = dict(model.pretrained_cfg, architecture=name)
-    model.default_cfg = model.pretrained_cfg
     return model
+
+
+def _create(name: str, pretrained: bool, **kwargs) -> STTABT:
+    out_indices = kwargs.pop("out_indices", DEFAULT_OUT_INDICES)
+    if pretrained:
+        cfg = resolve_pretrained_cfg(name, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                     pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+        _pretrained.check_fetchable(name, cfg)
+    try:
+        return build_model_with_cfg(
+            _build, name, pretrained, pretrained_filter_fn=_pretrained.checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), name=name, **kwargs)
+    except OSError as err:  # a download that failed (no network, no cached file)
+        if not pretrained or _pretrained.is_local(cfg.to_dict()):
+            raise
+        raise ValueError(_pretrained.offline_hint(name, cfg.to_dict())) from err
 
 
 @register_model

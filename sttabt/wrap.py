@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from .approx import DEFAULT_FACTOR, ApproxNet
-from .executors import HostOutput, check_host, forward_masked, forward_pruned, has_token_head
+from .executors import HostOutput, check_host, forward_masked, forward_pruned, has_token_head, pruned_tokens
 from .inputs import check_depth, check_images, install_host_check
 from .pruners import PlannedPruner, create_pruner
 from .pruners.masks import check_budget
@@ -46,6 +47,9 @@ class STTABT(nn.Module):
         self.num_classes = host.num_classes
         self.pretrained_cfg = dict(getattr(host, "pretrained_cfg", {}) or {})
         self.default_cfg = self.pretrained_cfg
+        self.num_features = host.num_features
+        self.head_hidden_size = host.head_hidden_size
+        self.feature_info = [dict(info, module=f"host.{info['module']}") for info in host.feature_info]
 
     @property
     def depth(self) -> int:
@@ -54,6 +58,15 @@ class STTABT(nn.Module):
     @property
     def num_tokens(self) -> int:
         return self.host.patch_embed.num_patches + 1
+
+    def _resolve(self, hard: bool | None, executor: str | None) -> tuple[bool, str]:
+        hard = (not self.training) if hard is None else hard
+        executor = ("pruned" if hard else "masked") if executor is None else executor
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+        if executor == "pruned" and not hard:
+            raise ValueError("the pruned executor needs hard masks (soft masks keep every token partly)")
+        return hard, executor
 
     def plan(self, images: torch.Tensor, *, hard: bool = True, budget: str | None = None
              ) -> tuple[torch.Tensor, HostOutput | None]:
@@ -74,12 +87,7 @@ class STTABT(nn.Module):
 
     def forward_detailed(self, images: torch.Tensor, *, hard: bool | None = None,
                          executor: str | None = None, budget: str | None = None) -> STTABTOutput:
-        hard = (not self.training) if hard is None else hard
-        executor = ("pruned" if hard else "masked") if executor is None else executor
-        if executor not in EXECUTORS:
-            raise ValueError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")
-        if executor == "pruned" and not hard:
-            raise ValueError("the pruned executor needs hard masks (soft masks keep every token partly)")
+        hard, executor = self._resolve(hard, executor)
         masks, scout = self.plan(images, hard=hard, budget=budget)
         if executor == "pruned":
             logits = forward_pruned(self.host, images, masks)
@@ -93,6 +101,104 @@ class STTABT(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.host.get_classifier()
+
+    # ---------------------------------------------------------------------------------------------
+    # timm's model contract
+    # ---------------------------------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """New host head(s) for ``num_classes`` classes (0: the head returns the class token's feature).
+        The pooling stays ``'token'``: the pruners keep the class token for the head."""
+        if global_pool not in (None, "token"):
+            raise ValueError(f"STTABT classifies from the class token; global_pool={global_pool!r} is unsupported")
+        self.host.reset_classifier(num_classes, global_pool)
+        self.num_classes = num_classes
+
+    def _states(self, images: torch.Tensor, hard: bool | None, executor: str | None, budget: str | None,
+                record: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        hard, executor = self._resolve(hard, executor)
+        masks, _ = self.plan(images, hard=hard, budget=budget)
+        if executor == "pruned":
+            return pruned_tokens(self.host, images, masks, record=record)
+        out = forward_masked(self.host, images, masks, record=record, attention="probs")
+        return out.tokens, out.hidden
+
+    def forward_features(self, images: torch.Tensor, *, hard: bool | None = None, executor: str | None = None,
+                         budget: str | None = None) -> torch.Tensor:
+        """Every token after the final norm, (B, T, D), CLS first, in the input order.
+
+        A token that the plan drops carries the value it had when it was dropped: its residual stream
+        passes unchanged through the layers that do not output it (the masked semantics), for both
+        executors. ``forward_head(forward_features(x)) == forward(x)``; for a host whose head also reads
+        the patch tokens (LV-ViT) pass the plan's last row as ``token_mask`` to keep dropped tokens out.
+        """
+        tokens, _ = self._states(images, hard, executor, budget, record=False)
+        return self.host.norm(tokens)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, token_mask: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+        """The host's head on ``forward_features`` output; ``token_mask`` (B, T): tokens a token head
+        (LV-ViT's) may read, e.g. ``forward_detailed(x).masks[-1]``; DeiT heads read the class token only."""
+        if has_token_head(self.host):
+            return self.host.forward_head(x, pre_logits=pre_logits, token_mask=token_mask)
+        return self.host.forward_head(x, pre_logits=pre_logits)
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        *,
+        hard: bool | None = None,
+        executor: str | None = None,
+        budget: str | None = None,
+    ):
+        """timm's feature API: the outputs of the blocks ``indices`` names (an int: the last n), as
+        (B, D, H, W) maps (``output_fmt="NCHW"``) or (B, N, D) tokens (``"NLC"``), dropped tokens as in
+        :meth:`forward_features`; with ``intermediates_only=False`` also the final normed tokens.
+        The whole model always runs (``stop_early`` is accepted and ignored: the plan needs every layer)."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, _ = feature_take_indices(len(self.host.blocks), indices)
+        last, states = self._states(images, hard, executor, budget, record=True)
+        prefix = self.host.num_prefix_tokens
+        height, width = self.host.patch_embed.grid_size
+        features, prefixes = [], []
+        for i in take:
+            x = self.host.norm(states[i + 1]) if norm else states[i + 1]
+            prefixes.append(x[:, :prefix])
+            x = x[:, prefix:]
+            if output_fmt == "NCHW":
+                x = x.reshape(x.shape[0], height, width, -1).permute(0, 3, 1, 2).contiguous()
+            features.append(x)
+        if return_prefix_tokens:
+            features = list(zip(features, prefixes))
+        if intermediates_only:
+            return features
+        return self.host.norm(last), features
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (masked executor, training) to save memory."""
+        self.host.set_grad_checkpointing(enable)
+        self.scout.net.set_grad_checkpointing(enable)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups of the host for timm's layer-wise learning-rate decay. The scout (a network
+        of its own) and the pruner's logits match no group, so they train at the full rate, with the head."""
+        return dict(
+            stem=r"^host\.cls_token|^host\.pos_embed|^host\.reg_token|^host\.patch_embed",
+            blocks=[(r"^host\.blocks\.(\d+)", None), (r"^host\.norm", (99999,))],
+        )
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also accepts a dense host checkpoint and STTABT checkpoints of older layouts, mapped by
+        :func:`sttabt.pretrained.checkpoint_filter_fn` (so timm's ``checkpoint_path=`` takes both)."""
+        from .pretrained import checkpoint_filter_fn
+
+        return super().load_state_dict(checkpoint_filter_fn(state_dict, self), strict=strict, assign=assign)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names to keep out of weight decay (timm's optimiser factory reads this)."""

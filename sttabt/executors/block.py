@@ -73,7 +73,9 @@ def _softmax_keys(logits: torch.Tensor, m_in: torch.Tensor | None, workspace: to
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, workspace: torch.Tensor | None) -> torch.Tensor:
     if workspace is None:
         return (q * scale) @ k.transpose(-2, -1)
-    return torch.matmul(q * scale, k.transpose(-2, -1), out=workspace)
+    # ``out=`` is not autocast: cast to the buffer's dtype, which is what autocast would compute in
+    dtype = workspace.dtype
+    return torch.matmul((q * scale).to(dtype), k.transpose(-2, -1).to(dtype), out=workspace)
 
 
 def _recorded(record: str | None, logits: torch.Tensor | None, probs: torch.Tensor | None) -> torch.Tensor | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .block import attention_scores, masked_block
 from .host import embed, head
@@ -15,11 +16,21 @@ from .host import embed, head
 ATTENTION_KINDS = ("logits", "probs")
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products on ``x`` produce: the autocast dtype inside ``torch.autocast`` on
+    ``x``'s device (e.g. bfloat16), else ``x``'s own. The reused attention buffer must have it."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 @dataclass
 class HostOutput:
     logits: torch.Tensor | None          # (B, classes); None when ``scores_only``
     attention: tuple[torch.Tensor, ...] = ()  # per layer, when recorded: see ``forward_masked``
     hidden: tuple[torch.Tensor, ...] = ()     # embedding output, then each layer's output
+    tokens: torch.Tensor | None = None        # (B, T, D) last layer's output, before the final norm
 
 
 def forward_masked(
@@ -47,7 +58,8 @@ def forward_masked(
     depth = len(model.blocks)
     workspace = None
     if not torch.is_grad_enabled():  # inference: one attention buffer for every layer
-        workspace = x.new_empty(x.shape[0], model.blocks[0].attn.num_heads, x.shape[1], x.shape[1])
+        workspace = x.new_empty(x.shape[0], model.blocks[0].attn.num_heads, x.shape[1], x.shape[1],
+                                dtype=compute_dtype(x))
     seen, hidden = [], [x] if record else []
     for layer, block in enumerate(model.blocks):
         if scores_only and layer == depth - 1:
@@ -55,9 +67,12 @@ def forward_masked(
             return HostOutput(None, tuple(seen), tuple(hidden))
         m_in = None if masks is None else masks[layer]
         m_out = None if masks is None else masks[layer + 1]
-        x, scores = masked_block(block, x, m_in, m_out, record=kind, workspace=workspace)
+        if getattr(model, "grad_checkpointing", False) and torch.is_grad_enabled():  # set_grad_checkpointing
+            x, scores = checkpoint(masked_block, block, x, m_in, m_out, record=kind, use_reentrant=False)
+        else:
+            x, scores = masked_block(block, x, m_in, m_out, record=kind, workspace=workspace)
         if record:
             seen.append(scores)
             hidden.append(x)
     token_mask = None if masks is None else masks[-1] > 0.5
-    return HostOutput(head(model, x, token_mask), tuple(seen), tuple(hidden))
+    return HostOutput(head(model, x, token_mask), tuple(seen), tuple(hidden), x)

@@ -15,8 +15,9 @@ reference checkpoints load key for key:
 ``blocks[i].norm1/attn/ls1/...``, ``norm``, ``forward_head``), so code that walks a timm ViT block by block
 handles it like a DeiT. Only inference and fine-tuning with ordinary labels are in scope: training with
 dense token labels and MixToken is not implemented, and the output rule above is used in train and eval
-mode alike. No weights are downloaded: build the model with ``pretrained=False`` and load a local
-reference checkpoint with :func:`load_lvvit_checkpoint`.
+mode alike. The reference checkpoints are registered as ``lvvit_small.sail_in1k`` /
+``lvvit_medium.sail_in1k`` (their release URLs); offline, pass the file with
+``pretrained_cfg_overlay=dict(file=...)`` or load it with :func:`load_lvvit_checkpoint`.
 """
 from __future__ import annotations
 
@@ -27,13 +28,16 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Format, nchw_to, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..checkpoint import load_strict, read_checkpoint, unwrap
+from ..pretrained import check_fetchable
 
 __all__ = [
     "AUX_WEIGHT",
@@ -163,6 +167,7 @@ class LVViTStem(nn.Module):
     def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
         return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
 
+    @torch.jit.unused
     def _check_size(self, height: int, width: int) -> None:
         if self.strict_img_size and (height, width) != self.img_size:
             h, w = self.img_size
@@ -175,7 +180,9 @@ class LVViTStem(nn.Module):
             raise ValueError(f"Image size {height}x{width} is not divisible by the patch size {self.patch_size}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_size(x.shape[-2], x.shape[-1])
+        if not torch.jit.is_scripting():  # scripted and FX-traced graphs skip the (Python) size check
+            if not is_fx_symbolic_tracing():
+                self._check_size(x.shape[-2], x.shape[-1])
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.conv2(x)))
         x = self.act3(self.bn3(self.conv3(x)))
@@ -261,9 +268,8 @@ class LVViT(VisionTransformer):
         aux = self.aux_head(self.head_drop(x[:, self.num_prefix_tokens:]))
         if token_mask is None:
             return logits + self.aux_weight * aux.amax(dim=1)
-        if token_mask.shape != x.shape[:2]:
-            raise ValueError(f"token_mask must have shape {tuple(x.shape[:2])} (batch, tokens incl. CLS), "
-                             f"got {tuple(token_mask.shape)}")
+        if token_mask.shape[0] != x.shape[0] or token_mask.shape[1] != x.shape[1] or token_mask.dim() != 2:
+            raise ValueError("token_mask must have shape (batch, tokens incl. CLS), the first two dimensions of x")
         real = (token_mask[:, self.num_prefix_tokens:] != 0).to(x.device)
         aux_max = aux.masked_fill(~real.unsqueeze(-1), float("-inf")).amax(dim=1)
         aux_max = torch.where(real.any(dim=1, keepdim=True), aux_max, torch.zeros_like(aux_max))
@@ -316,24 +322,28 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "fixed_input_size": True,
         "crop_pct": 0.9, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.conv1", "classifier": "head", "paper_ids": "arXiv:2104.10858", **kwargs,
+        "first_conv": "patch_embed.conv1", "classifier": ("head", "aux_head"), "paper_ids": "arXiv:2104.10858", **kwargs,
     }
 
 
+# the reference release (Jiang et al.'s TokenLabeling repository): file names as published
+REFERENCE_RELEASE = "https://github.com/zihangJiang/TokenLabeling/releases/download/1.0/"
+
 default_cfgs = generate_default_cfgs({
-    "lvvit_small": _cfg(crop_pct=0.9),
-    "lvvit_medium": _cfg(crop_pct=1.0),
+    "lvvit_small.sail_in1k": _cfg(url=REFERENCE_RELEASE + "lvvit_s-26M-224-83.3.pth.tar", crop_pct=0.9),
+    "lvvit_medium.sail_in1k": _cfg(url=REFERENCE_RELEASE + "lvvit_m-56M-224-84.0.pth.tar", crop_pct=1.0),
 })
 
 
 def _create_lvvit(variant: str, pretrained: bool = False, **kwargs: Any) -> LVViT:
-    if pretrained:
-        raise ValueError(
-            f"No pretrained weights can be downloaded for {variant}: create it with pretrained=False and load a "
-            f"local reference checkpoint with sttabt.models.load_lvvit_checkpoint(model, path)")
+    """``pretrained=True`` reads the reference checkpoint from its release URL, or offline from
+    ``pretrained_cfg_overlay=dict(file='lvvit_s-26M-224-83.3.pth.tar')``, through :func:`checkpoint_filter_fn`."""
     out_indices = kwargs.pop("out_indices", 3)
+    if pretrained:
+        check_fetchable(variant, resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                                        pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay")))
     return build_model_with_cfg(
-        LVViT, variant, pretrained=False, pretrained_filter_fn=checkpoint_filter_fn,
+        LVViT, variant, pretrained=pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     g.add_argument("--total-batch-size", type=int, default=512,
                    help="images per optimiser update, reached by gradient accumulation")
-    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (GPU only)")
+    g.add_argument("--amp", action="store_true", help="bfloat16 autocast (on the run's device, CPU included)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK when available)")
     g = p.add_argument_group("augmentation (timm)")

@@ -61,8 +61,8 @@ class Loop:
 
 
 def _autocast(loop: Loop):
-    if loop.amp and loop.dist.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if loop.amp:  # bfloat16 autocast on whatever device the stage runs on
+        return torch.autocast(loop.dist.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

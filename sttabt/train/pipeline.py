@@ -58,8 +58,6 @@ def check_inputs(run: Run) -> None:
     a = run.args
     if a.model not in timm.list_models("sttabt_*"):
         raise ValueError(f"unknown model {a.model!r}; registered: {', '.join(timm.list_models('sttabt_*'))}")
-    if a.amp and run.dist.device.type != "cuda":
-        raise ValueError("--amp is bfloat16 autocast on GPU; this run is on the CPU, drop --amp")
     model = _build(run)
     if a.teacher_checkpoint:
         load_teacher(model, a.teacher_checkpoint, reinit_scout=False)

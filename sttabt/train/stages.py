@@ -25,6 +25,7 @@ from pathlib import Path
 import timm
 import torch
 
+from ..approx import drop_distillation_keys
 from ..checkpoint import CheckpointError, atomic_save, describe, load_strict, load_teacher, read_checkpoint, \
     save_checkpoint
 from ..flops import vit_flops
@@ -232,8 +233,9 @@ def approx_stage(run: Run, teacher: Path) -> Path:
     spec = StageSpec("approx", folder, a.approx_epochs, a.approx_lr, lr_schedule="constant",
                      clip_grad=a.approx_clip_grad,
                      fingerprint=fingerprint)
-    before = scout_quality(model.host, model.scout, val, run.dist)
-    result, _ = fit(spec, run.loop, task=Distillation(model.host, model.scout), trained=model.scout, loader=train,
+    task = Distillation(model.host, model.scout)  # task.student: the scout and its distillation-only parts
+    before = scout_quality(model.host, task.student, val, run.dist)
+    result, _ = fit(spec, run.loop, task=task, trained=task.student, loader=train,
                     evaluate=lambda scout, _: scout_quality(model.host, scout, val, run.dist))
     if run.dist.main:
         atomic_save({"scout": model.scout.state_dict(), "factor": a.factor}, weights)
@@ -248,7 +250,8 @@ def load_scout(model: STTABT, path: Path) -> None:
     if not isinstance(state.get("scout"), dict):
         raise CheckpointError(f"{path} is not a scout file written by the approx stage (it looks like "
                               f"{describe(state)})")
-    load_strict(model.scout, state["scout"], f"scout (factor {model.scout.factor})", str(path))
+    scout = drop_distillation_keys(state["scout"], model.scout)  # files from before the scout split
+    load_strict(model.scout, scout, f"scout (factor {model.scout.factor})", str(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,7 +273,6 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
     train, val = run.loaders("concrete")
     spec = StageSpec(name, folder, a.epochs, a.lr, a.weight_decay, warmup_epochs=a.warmup_epochs, min_lr=a.min_lr,
                      ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
-                     find_unused_parameters=True,  # the scout's last MLP and head do not feed the masks
                      fingerprint=fingerprint)
 
     def evaluate(m, ema):

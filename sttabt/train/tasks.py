@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..approx import ApproxNet, distillation_loss
+from ..approx import ApproxNet, ScoutStudent, distillation_loss
 from ..executors import forward_masked
 from ..wrap import STTABT
 
@@ -57,16 +57,20 @@ class Classification(nn.Module):
 
 
 class Distillation(_FrozenTeacher):
-    """``L_att + 0.01 L_hid + L_emb + L_pred`` of the scout against the dense host."""
+    """``L_att + 0.01 L_hid + L_emb + L_pred`` of the scout against the dense host.
+
+    ``student`` (train it: ``fit(..., trained=task.student)``) is the planning scout plus the parts
+    only these losses use (its last block's output path, head, ``hidden_proj``), interpolated from
+    the teacher; training it trains ``scout`` in place."""
 
     def __init__(self, teacher: nn.Module, scout: ApproxNet):
         super().__init__(teacher)
-        self.scout = scout
+        self.student = ScoutStudent(scout, teacher)
 
     def forward(self, images, targets):
         with torch.no_grad():
             teacher = forward_masked(self.teacher, images, record=True, attention="logits")
-        losses = distillation_loss(self.scout(images, attention="logits"), teacher, self.scout.hidden_proj)
+        losses = distillation_loss(self.student(images, attention="logits"), teacher, self.student.hidden_proj)
         return losses.total, {"loss": losses.total, "attention_kl": losses.attention, "hidden": losses.hidden,
                               "embedding": losses.embedding, "prediction": losses.prediction}
 
