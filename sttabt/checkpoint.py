@@ -204,10 +204,14 @@ def _read_sttabt(checkpoint: str | os.PathLike | Mapping[str, Any]) -> tuple[Map
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, Any]) -> nn.Module:
     """Load a checkpoint written by :func:`save_checkpoint` into ``model``, strictly."""
+    checkpoint, source = _read_sttabt(checkpoint)
+    return _load_sttabt_state(model, checkpoint["state_dict"], source)
+
+
+def _load_sttabt_state(model: nn.Module, state: Mapping[str, Any], source: str) -> nn.Module:
     from .approx import drop_distillation_keys
 
-    checkpoint, source = _read_sttabt(checkpoint)
-    state = drop_distillation_keys(checkpoint["state_dict"], model)  # checkpoints from before the scout split
+    state = drop_distillation_keys(state, model)  # checkpoints from before the scout split
     return load_strict(model, state, "STTABT model", source)
 
 
@@ -222,4 +226,4 @@ def create_from_checkpoint(checkpoint: str | os.PathLike | Mapping[str, Any], **
         raise CheckpointError(f"{source} does not name a registered architecture; build the model "
                               "yourself and call sttabt.load_checkpoint(model, path)")
     model = timm.create_model(arch, **{**checkpoint.get("create_kwargs", {}), **overrides})
-    return load_strict(model, checkpoint["state_dict"], "STTABT model", source)
+    return _load_sttabt_state(model, checkpoint["state_dict"], source)
