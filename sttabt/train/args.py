@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also checkpoint every this many optimiser steps (0: at the end of each epoch)")
     g.add_argument("--max-train-images", type=int, default=0, help="use only the first N training images (0: all)")
     g.add_argument("--max-val-images", type=int, default=0, help="use only the first N validation images (0: all)")
+    g.add_argument("--no-speed", dest="speed", action="store_false",
+                   help="do not time the concrete models against the dense one at the end (summary 'speedup')")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
     return p

@@ -11,6 +11,7 @@ from ..checkpoint import atomic_write, load_teacher
 from .stages import SCOUT_WEIGHTS, TEACHER_WEIGHTS, Run, approx_stage, concrete_stage, dense_control_stage, finished, \
     load_scout, teacher_stage
 from .state import CANDIDATES, RESULTS, find_training_state, read_results
+from .speed import measure
 from .summary import write_summary
 
 ARGS_FILE = "args.yaml"
@@ -91,7 +92,11 @@ def train_stages(run: Run) -> dict:
     rows = [concrete_stage(run, teacher, scout, v) for v in run.args.p_logits]
     control = dense_control_stage(run, teacher) if run.args.dense_control else None
     approx = read_results(run.stage_folder("approx")) or {}
-    return write_summary(run.folder, dense, rows, approx, main=run.dist.main, control=control)
+    speed = None
+    if run.args.speed and run.dist.main:
+        speed = measure(run, teacher, {v: run.stage_folder("concrete", v) / "model.pth" for v in run.args.p_logits})
+    run.dist.barrier()
+    return write_summary(run.folder, dense, rows, approx, main=run.dist.main, control=control, speed=speed)
 
 
 def run_pipeline(run: Run) -> dict:

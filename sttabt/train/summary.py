@@ -10,7 +10,7 @@ from pathlib import Path
 from ..checkpoint import atomic_write
 from .state import write_json
 
-COLUMNS = ("p_logit", "target_keep", "keep_mean", "gflops", "hard_top1", "soft_top1", "ema_hard_top1",
+COLUMNS = ("p_logit", "target_keep", "keep_mean", "gflops", "speedup", "hard_top1", "soft_top1", "ema_hard_top1",
            "ema_soft_top1")
 
 
@@ -23,12 +23,21 @@ def _dense_row(method: str, results: dict) -> dict:
             "ema_hard_top1": results.get("ema_top1"), "ema_soft_top1": results.get("ema_top1")}
 
 
-def summary_rows(dense: dict, concrete: list[dict], control: dict | None = None) -> list[dict]:
+def summary_rows(dense: dict, concrete: list[dict], control: dict | None = None,
+                 speed: dict | None = None) -> list[dict]:
+    """The rows; ``speed`` (:func:`sttabt.train.speed.measure`) adds each concrete row's measured
+    ``speedup`` over the dense model (the dense rows get 1.0)."""
+    measured = (speed or {}).get("rows", {})
     rows = [_dense_row("dense", dense)] + ([_dense_row("dense_control", control)] if control is not None else [])
     for r in sorted(concrete, key=lambda r: r["p_logit"]):
         rows.append({"method": "sttabt_concrete", **{k: r.get(k) for k in COLUMNS},
                      "keep_per_layer": r.get("keep_per_layer"), "dense_gflops": r.get("dense_gflops"),
-                     "scout_gflops": r.get("scout_gflops")})
+                     "scout_gflops": r.get("scout_gflops"),
+                     "speedup": measured.get(r["p_logit"], {}).get("speedup")})
+    if speed is not None:
+        for row in rows:
+            if row["method"] != "sttabt_concrete":
+                row["speedup"] = 1.0
     return rows
 
 
@@ -37,24 +46,26 @@ def _cell(value, fmt: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain-text table: p-logit, kept tokens (mean and per layer), GFLOPs, hard/soft top-1 (+EMA)."""
+    """Plain-text table: p-logit, kept tokens (mean and per layer), GFLOPs, measured speedup over the
+    dense model, hard/soft top-1 (+EMA)."""
     out = io.StringIO()
-    head = (f"{'p_logit':>8s} {'target':>7s} {'kept':>6s} {'GFLOPs':>8s} {'hard':>7s} {'soft':>7s} "
+    head = (f"{'p_logit':>8s} {'target':>7s} {'kept':>6s} {'GFLOPs':>8s} {'speedup':>8s} {'hard':>7s} {'soft':>7s} "
             f"{'EMA hard':>9s} {'EMA soft':>9s}  kept per layer")
     out.write(head + "\n" + "-" * len(head) + "\n")
     for r in rows:
         layers = " ".join(f"{k:.2f}" for k in r["keep_per_layer"]) if r.get("keep_per_layer") else "all"
         label = LABELS.get(r["method"], "dense") if r["p_logit"] is None else f"{r['p_logit']:g}"
         out.write(f"{label:>8s} {_cell(r['target_keep'], '7.2f')} {_cell(r['keep_mean'], '6.2f')} "
-                  f"{_cell(r['gflops'], '8.4f')} {_cell(r['hard_top1'], '7.2f')} {_cell(r['soft_top1'], '7.2f')} "
+                  f"{_cell(r['gflops'], '8.4f')} {_cell(r.get('speedup'), '7.2f') + ('x' if r.get('speedup') else ' ')} "
+                  f"{_cell(r['hard_top1'], '7.2f')} {_cell(r['soft_top1'], '7.2f')} "
                   f"{_cell(r['ema_hard_top1'], '9.2f')} {_cell(r['ema_soft_top1'], '9.2f')}  {layers}\n")
     return out.getvalue()
 
 
 def write_summary(folder: Path, dense: dict, concrete: list[dict], approx: dict, *, main: bool = True,
-                  control: dict | None = None) -> dict:
-    rows = summary_rows(dense, concrete, control)
-    summary = {"run": str(folder), "rows": rows,
+                  control: dict | None = None, speed: dict | None = None) -> dict:
+    rows = summary_rows(dense, concrete, control, speed)
+    summary = {"run": str(folder), "rows": rows, "speed": speed,
                "scout": {k: approx.get(k) for k in ("attention_kl", "distill_loss")},
                "table": format_table(rows)}
     if main:
