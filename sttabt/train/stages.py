@@ -162,6 +162,16 @@ def _finish(run: Run, folder: Path, results: dict, fingerprint: dict | None = No
     return results
 
 
+def _dense_evaluation(run: Run, val):
+    """Top-1 of a dense host (and of its EMA) on the validation loader ``val``."""
+    def evaluate(model, ema):
+        metrics = {"top1": top1(model, val, run.dist)}
+        if ema is not None:
+            metrics["ema_top1"] = top1(ema, val, run.dist)
+        return metrics
+    return evaluate
+
+
 # --------------------------------------------------------------------------------------------------
 # stage 0: the dense teacher
 # --------------------------------------------------------------------------------------------------
@@ -183,14 +193,8 @@ def teacher_stage(run: Run) -> tuple[Path, dict]:
                      ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
                      fingerprint=fingerprint)
 
-    def evaluate(model, ema):
-        metrics = {"top1": top1(model, val, run.dist)}
-        if ema is not None:
-            metrics["ema_top1"] = top1(ema, val, run.dist)
-        return metrics
-
     result, _ = fit(spec, run.loop, task=Classification(host, a.smoothing), trained=host, loader=train,
-                    evaluate=evaluate)
+                    evaluate=_dense_evaluation(run, val))
     if run.dist.main:
         atomic_save({"model": host.state_dict()}, folder / TEACHER_WEIGHTS)
     return folder / TEACHER_WEIGHTS, _finish(run, folder, {
@@ -321,12 +325,7 @@ def dense_control_stage(run: Run, teacher: Path) -> dict:
                      min_lr=a.min_lr, ema_decay=a.model_ema_decay or None, mixup=augment.mixup(a, run.num_classes),
                      fingerprint=fingerprint)
 
-    def evaluate(m, ema):
-        metrics = {"top1": top1(m, val, run.dist)}
-        if ema is not None:
-            metrics["ema_top1"] = top1(ema, val, run.dist)
-        return metrics
-
+    evaluate = _dense_evaluation(run, val)
     task = DenseFineTuning(host, frozen, smoothing=a.smoothing, kd_weight=a.kd_weight)
     result, ema = fit(spec, run.loop, task=task, trained=host, loader=train, evaluate=evaluate)
     final = result["final"] or evaluate(host, None)
