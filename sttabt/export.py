@@ -12,6 +12,7 @@ pruned executor, the static budget) behind a plain ``forward(images)``, the sign
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -32,13 +33,16 @@ class Deployable(nn.Module):
         return self.model(images, hard=True, executor="pruned", budget="static")
 
 
-def _deployable(model: nn.Module) -> Deployable:
-    model = model if isinstance(model, Deployable) else Deployable(model)
-    return model.eval()
+def _deployable(model: nn.Module) -> nn.Module:
+    """An STTABT model as a :class:`Deployable`; any other module (a dense host, ...) as it is."""
+    from .wrap import STTABT
+
+    return (Deployable(model) if isinstance(model, STTABT) else model).eval()
 
 
 def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
-    """``torch.export`` of the static pruned pass, batch size dynamic (1 .. MAX_BATCH)."""
+    """``torch.export`` of the static pruned pass (of an STTABT model, or of any module taking images),
+    batch size dynamic (1 .. MAX_BATCH)."""
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         return torch.export.export(_deployable(model), (example,), dynamic_shapes=({0: batch},))
@@ -47,9 +51,11 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike) -> str:
     """ONNX file of the static pruned pass (input ``images``, output ``logits``, batch size dynamic).
 
-    Uses the TorchScript-based exporter (``dynamo=False``), which needs only the ``onnx`` package."""
+    Uses the TorchScript-based exporter (``dynamo=False``), which needs only the ``onnx`` package. Its
+    warnings that shapes are traced as constants are expected (they are static) and silenced."""
     path = os.fspath(path)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(_deployable(model), (example,), path, input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=ONNX_OPSET, dynamo=False)
