@@ -93,6 +93,8 @@ class STTABT(nn.Module):
             scout = None
         else:
             seen = scout = self.scout(images, attention=kind, scores_only=True)
+        if not hard:  # soft masks keep every token partly: budgets (counts of hard sets) do not apply
+            budget = "per_sample"
         masks = self.pruner.plan(seen.attention, hard=hard, budget=budget)
         if has_token_head(self.host):  # the token head reads every token the last layer takes in
             masks = torch.cat((masks[:-1], masks[-2:-1]))

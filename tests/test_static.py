@@ -180,3 +180,12 @@ def test_descending_rank_is_a_stable_sort():
     assert torch.equal(descending_rank(random), expected)
     keep = fill_to_count(random, torch.zeros_like(random, dtype=torch.bool), torch.full((5,), 7))
     assert (keep.sum(-1) == 7).all()
+
+
+def test_static_model_trains_on_soft_masks():
+    """``budget='static'`` is for hard masks; in train mode the soft masks still flow (and get gradients)."""
+    model = _calibrated().train()
+    out = model.forward_detailed(torch.randn(2, 3, 32, 32))
+    assert out.masks.requires_grad and ((out.masks > 0) & (out.masks < 1)).any()
+    out.logits.sum().backward()
+    assert model.pruner.p_logits.grad is not None
