@@ -13,6 +13,7 @@ sttabt_compat.ensure_torchvision_ops()  # before anything imports torchvision (t
 from .models import lvvit  # noqa: F401  (registers lvvit_small / lvvit_medium)
 from . import registry  # noqa: F401  (registers the sttabt_* models)
 from .approx import ApproxNet, ScoutStudent, distillation_loss
+from .calibrate import calibrate
 from .checkpoint import create_from_checkpoint, load_checkpoint, load_teacher, save_checkpoint
 from .pruners import PRUNERS, create_pruner
 from .wrap import STTABT, STTABTOutput, wrap

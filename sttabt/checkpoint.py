@@ -212,6 +212,9 @@ def _load_sttabt_state(model: nn.Module, state: Mapping[str, Any], source: str) 
     from .approx import drop_distillation_keys
 
     state = drop_distillation_keys(state, model)  # checkpoints from before the scout split
+    counts = "pruner.calibrated_counts"
+    if counts not in state and counts in model.state_dict():  # checkpoints from before static budgets
+        state = {**state, counts: torch.zeros_like(model.state_dict()[counts])}
     return load_strict(model, state, "STTABT model", source)
 
 

@@ -31,8 +31,11 @@ class STTABT(nn.Module):
     * ``hard``: hard 0/1 masks (default in eval mode) or soft concrete masks (default in train mode);
     * ``executor``: ``"pruned"`` removes tokens (default for hard masks), ``"masked"`` keeps dense
       shapes and multiplies by the masks (the only choice for soft masks);
-    * ``budget``: ``"per_sample"`` or ``"fixed"`` (same token count for the whole batch); default: the
-      model's ``budget`` or, when that is None, the pruner's default.
+    * ``budget``: ``"static"`` (deployment: counts fixed ahead, ``ceil(k_l * T)`` per layer or, for the
+      concrete pruner, calibrated by :func:`sttabt.calibrate`; a sample's output does not depend on its
+      batch; compiles and exports), ``"fixed"`` (same count for the whole batch; for the concrete pruner
+      the batch mean, so batch-dependent) or ``"per_sample"`` (counts differ across the batch); default:
+      the model's ``budget`` or, when that is None, the pruner's default.
     """
 
     def __init__(self, host: VisionTransformer, scout: ApproxNet, pruner: PlannedPruner,
@@ -68,11 +71,21 @@ class STTABT(nn.Module):
             raise ValueError("the pruned executor needs hard masks (soft masks keep every token partly)")
         return hard, executor
 
+    def _budget(self, budget: str | None) -> str:
+        return check_budget(budget or self.budget or self.pruner.default_budget)
+
+    def static_counts(self) -> tuple[int, ...]:
+        """The ``L + 1`` token counts of every sample's plan under ``budget="static"``, as ints."""
+        counts = tuple(self.pruner.static_counts(self.num_tokens))
+        if has_token_head(self.host):  # the last layer's input set feeds the token head (see ``plan``)
+            counts = counts[:-1] + counts[-2:-1]
+        return counts
+
     def plan(self, images: torch.Tensor, *, hard: bool = True, budget: str | None = None
              ) -> tuple[torch.Tensor, HostOutput | None]:
         """The pruner's (L + 1, B, T) plan for ``images`` and the scout output it was made from."""
         check_images(images, self.host)  # every forward plans first: one check for all of them
-        budget = check_budget(budget or self.budget or self.pruner.default_budget)
+        budget = self._budget(budget)
         kind = self.pruner.attention
         if self.pruner.source == "actual":
             with torch.no_grad():
@@ -80,6 +93,8 @@ class STTABT(nn.Module):
             scout = None
         else:
             seen = scout = self.scout(images, attention=kind, scores_only=True)
+        if not hard:  # soft masks keep every token partly: budgets (counts of hard sets) do not apply
+            budget = "per_sample"
         masks = self.pruner.plan(seen.attention, hard=hard, budget=budget)
         if has_token_head(self.host):  # the token head reads every token the last layer takes in
             masks = torch.cat((masks[:-1], masks[-2:-1]))
@@ -90,7 +105,8 @@ class STTABT(nn.Module):
         hard, executor = self._resolve(hard, executor)
         masks, scout = self.plan(images, hard=hard, budget=budget)
         if executor == "pruned":
-            logits = forward_pruned(self.host, images, masks)
+            counts = self.static_counts() if self._budget(budget) == "static" else None
+            logits = forward_pruned(self.host, images, masks, counts)
         else:
             logits = forward_masked(self.host, images, masks).logits
         return STTABTOutput(logits, masks, scout)

@@ -82,7 +82,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep", type=float, help="keep ratio per layer of a top-k pruner (default pruner: abt)")
     group.add_argument("--p-logit", type=float, help="p-logit of the concrete pruner (target keep sigmoid(v))")
     parser.add_argument("--pruner", choices=sorted(PRUNERS), help="override the pruner")
-    parser.add_argument("--budget", choices=["fixed", "per_sample"], help="batching mode (default: the pruner's)")
+    parser.add_argument("--budget", choices=["fixed", "per_sample", "static"],
+                        help="batching mode (default: the pruner's; static: counts fixed ahead, batch-invariant)")
     parser.add_argument("--factor", type=int, help=f"the scout is this many times thinner (default {DEFAULT_FACTOR})")
     parser.add_argument("--checkpoint", help="STTABT checkpoint (sttabt.save_checkpoint, e.g. a training run's "
                         "concrete/p_logit_<v>/model.pth) to load; it knows its own shape and runs with its own "

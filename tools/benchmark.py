@@ -4,6 +4,7 @@
     python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 32
     python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 256 --device cuda --dtype bfloat16
     python tools/benchmark.py --model deit_small_patch16_224 --keep 0.5       # a dense timm name, wrapped
+    python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --runtime onnxruntime
 
 Both models share the host's weights. After warm-up, the two are timed alternately (dense, pruned,
 dense, ...) so that both see the same machine state; each reports the median of ``--repeats``
@@ -15,6 +16,11 @@ The pruner: with ``--checkpoint``, the checkpoint's own (trained p-logits, saved
 top-k at ``--keep 0.5`` when no pruner flag is given. ``--model`` also takes a dense timm name
 (``deit_small_patch16_224``, ``lvvit_small``): that dense model is the ``dense`` row, timed as it is,
 and the ``pruned`` row is it wrapped with ``sttabt.wrap`` and that pruner.
+
+``--runtime``: ``eager`` (default) runs both models as they are; ``compile`` runs both through
+``torch.compile`` (``--compile-backend``, default inductor) and ``onnxruntime`` exports both to ONNX
+(CPU, float32) and times onnxruntime sessions. Both graph runtimes run the pruned model under its
+static budget (counts fixed ahead: what a deployment runs; a concrete checkpoint must be calibrated).
 """
 from __future__ import annotations
 
@@ -22,27 +28,58 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _common import add_model_args, build_model, check_counts, check_device, pruner_report  # noqa: E402
+from _common import add_model_args, build_model, check_counts, check_device, fail, pruner_report  # noqa: E402
+from sttabt.export import Deployable, export_onnx, onnx_session  # noqa: E402
 from sttabt.flops import sttabt_flops  # noqa: E402
 from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_KEEP = 0.5  # ABT top-k when no pruner flag and no checkpoint are given
+RUNTIMES = ("eager", "compile", "onnxruntime")
 
 
-def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32) -> dict:
-    """Median images/s of the dense host and of the pruned model on the same batch."""
+class _Dense(torch.nn.Module):
+    """The host behind a plain ``forward(images)``, for the exporter."""
+
+    def __init__(self, host):
+        super().__init__()
+        self.host = host
+
+    def forward(self, images):
+        return self.host(images)
+
+
+def runtime_calls(model, images: torch.Tensor, runtime: str, *, backend: str = "inductor",
+                  folder: str | None = None) -> dict:
+    """``{"dense": f, "pruned": f}``: zero-argument calls running each model in ``runtime`` on ``images``."""
+    if runtime == "eager":
+        return {"dense": lambda: model.host(images), "pruned": lambda: model(images)}
+    if runtime == "compile":
+        dense = torch.compile(model.host, backend=backend)
+        pruned = torch.compile(Deployable(model), backend=backend, fullgraph=True)
+        return {"dense": lambda: dense(images), "pruned": lambda: pruned(images)}
+    feed = {"images": images.cpu().numpy()}
+    sessions = {name: onnx_session(export_onnx(net, images, os.path.join(folder, f"{name}.onnx")))
+                for name, net in (("dense", _Dense(model.host).eval()), ("pruned", Deployable(model).eval()))}
+    return {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}
+
+
+def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32,
+              runtime: str = "eager", backend: str = "inductor") -> dict:
+    """Median images/s of the dense host and of the pruned model on the same batch, in ``runtime``."""
     device = images.device
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-    runs = {"dense": lambda: model.host(images), "pruned": lambda: model(images)}
-    with torch.inference_mode(), autocast:
+    budget = "static" if runtime != "eager" else None
+    with tempfile.TemporaryDirectory() as folder, torch.inference_mode(), autocast:
+        runs = runtime_calls(model, images, runtime, backend=backend, folder=folder)
         times = time_alternately(runs, device=device, warmup=warmup, repeats=repeats)
-        masks, _ = model.plan(images)
+        masks, _ = model.plan(images, budget=budget)
     flops = sttabt_flops(model, masks, executed=True).to_dict()
     batch = images.shape[0]
     dense_img_s = per_second(batch, times["dense"])
@@ -67,27 +104,43 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3; 0: none)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds, median reported (default 10)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--runtime", default="eager", choices=RUNTIMES,
+                        help="eager (default), compile (torch.compile) or onnxruntime (CPU, float32); the last "
+                        "two run the static budget")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     check_counts(args, {"batch_size": 1, "repeats": 1, "warmup": 0, "threads": 1})
     device = check_device(args.device)
+    if args.runtime != "eager":
+        if args.budget not in (None, "static"):
+            fail(f"--runtime {args.runtime} runs the static budget; drop --budget {args.budget}")
+        args.budget = "static"
+    if args.runtime == "onnxruntime" and (device.type != "cpu" or args.dtype != "float32"):
+        fail("--runtime onnxruntime runs on --device cpu in --dtype float32")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.checkpoint and args.pruner is None and args.keep is None and args.p_logit is None:
         args.keep = DEFAULT_KEEP
     model = build_model(args).to(device)
+    if args.runtime != "eager":
+        try:
+            model.static_counts()
+        except ValueError as err:
+            fail(str(err))
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, *model.host.patch_embed.img_size, generator=g).to(device)
     result = {"model": args.model, **pruner_report(model.pruner), "keep": args.keep,
               "p_logit": args.p_logit, "budget": model.budget or model.pruner.default_budget,
               "batch_size": args.batch_size, "dtype": args.dtype, "device": device_name(device),
-              "torch": torch.__version__,
-              **benchmark(model, images, warmup=args.warmup, repeats=args.repeats, dtype=DTYPES[args.dtype])}
+              "torch": torch.__version__, "runtime": args.runtime,
+              **benchmark(model, images, warmup=args.warmup, repeats=args.repeats, dtype=DTYPES[args.dtype],
+                          runtime=args.runtime, backend=args.compile_backend)}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} ({result['pruner']}, budget={result['budget']}) batch {args.batch_size}, "
-          f"{args.dtype}, {result['device']}")
+          f"{args.dtype}, {result['device']}, runtime {args.runtime}")
     print(f"  dense  {result['dense_img_s']:9.1f} img/s   {result['dense_gflops']:.3f} GFLOPs")
     print(f"  pruned {result['pruned_img_s']:9.1f} img/s   {result['gflops']:.3f} GFLOPs (scout {result['scout_gflops']:.3f})")
     print(f"  speedup {result['speedup']:.2f}x of ideal {result['ideal_speedup']:.2f}x: "

@@ -3,10 +3,14 @@
 One sort replaces every per-layer gather: tokens are ordered by how many sets of the plan they
 belong to (CLS first, then the tokens that survive longest), so each layer's input and output sets
 are prefixes of the sorted sequence and a layer only slices. With equal counts across the batch (the
-``"fixed"`` budget) shapes are static and attention has no mask; with per-sample counts each layer
-runs on the batch maximum and a key padding mask hides the padding.
+``"fixed"`` budget) attention has no mask; with per-sample counts each layer runs on the batch maximum
+and a key padding mask hides the padding. Both read the counts from the plan, one host sync.
+With static counts given as ints (the ``"static"`` budget) nothing is read back from the device: the
+shapes are known ahead, so the pass compiles (``torch.compile(fullgraph=True)``) and exports.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,8 +27,36 @@ def survival_order(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order, kept.sum(-1)
 
 
-def forward_pruned(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model`` when each layer runs only on the tokens of a hard (L + 1, B, T) plan."""
+def survival_index(masks: torch.Tensor) -> torch.Tensor:
+    """(B, T) token order of a hard plan (see :func:`survival_order`) through ``topk`` on a unique key
+    (sets a token belongs to, ties by lower index): the same order as the stable sort, and a form
+    every exporter takes (ONNX ``TopK``)."""
+    tokens = masks.shape[-1]
+    survive = (masks > 0.5).sum(0)
+    key = survive * tokens + torch.arange(tokens - 1, -1, -1, device=masks.device)
+    return key.topk(tokens, dim=-1).indices
+
+
+def _forward_static(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, counts: Sequence[int]
+                    ) -> torch.Tensor:
+    x = embed(model, images)
+    order = survival_index(masks)[:, : counts[0]]
+    x = x.gather(1, order[:, :, None].expand(-1, -1, x.shape[-1]))
+    for layer, block in enumerate(model.blocks):
+        x = pruned_block(block, x, counts[layer + 1])
+    return head(model, x, None)
+
+
+def forward_pruned(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                   counts: Sequence[int] | None = None) -> torch.Tensor:
+    """Logits of ``model`` when each layer runs only on the tokens of a hard (L + 1, B, T) plan.
+
+    ``counts``: the plan's ``L + 1`` set sizes as ints when every sample has them (static budget):
+    no host sync, static shapes. They must be the plan's (the static pruners guarantee it)."""
+    if counts is not None:
+        if len(counts) != masks.shape[0]:
+            raise ValueError(f"need one count per set of the plan ({masks.shape[0]}), got {len(counts)}")
+        return _forward_static(model, images, masks, [int(c) for c in counts])
     x = embed(model, images)
     order, counts = survival_order(masks)
     widest = counts.amax(-1)

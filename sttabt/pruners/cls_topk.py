@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from .masks import CLS_INDEX, check_plan_inputs, cls_one_hot, fill_to_count, keep_count, keep_counts
+from .masks import CLS_INDEX, check_plan_inputs, cls_one_hot, fill_to_count, forward_counts, keep_count, keep_counts
 from .pruners import PlannedPruner, keep_schedule
 
 
@@ -81,6 +81,9 @@ class EViTPruner(PlannedPruner):
     def plan(self, attention, *, hard=True, budget=None, valid=None):
         self._hard_only(hard)
         return cls_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid)
+
+    def static_counts(self, tokens: int) -> tuple[int, ...]:
+        return forward_counts(self.keep, tokens)  # every budget keeps these counts (without padding)
 
     def extra_repr(self) -> str:
         return f"source={self.source}, keep={[round(k, 3) for k in self.keep]}"

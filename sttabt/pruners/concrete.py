@@ -58,6 +58,7 @@ def concrete_masks(
     valid: torch.Tensor | None = None,
     tau: float = TEMPERATURE,
     p: float = IMPACT_MIX,
+    counts: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Plan (L + 1, B, T) of soft (``hard=False``) or 0/1 masks, nested, CLS always kept.
 
@@ -67,13 +68,19 @@ def concrete_masks(
     The recursion always runs on the soft masks; hard mode thresholds each layer's soft mask
     (``m_l >= 0.5``), as the reference does. Soft masks are nested, so the hard ones are too.
     ``budget="fixed"`` (hard only) keeps, per layer, the batch-mean count of the per-sample rule
-    (rounded, at least the next layer's count) for every sample, chosen by the relaxed mask value.
+    (rounded, at least the next layer's count) for every sample, chosen by the relaxed mask value:
+    batch-dependent (one sample changes what the others keep), for training and research.
+    ``budget="static"`` (hard only) keeps ``counts[l]`` tokens in ``masks[l]`` for every sample, chosen
+    by the relaxed mask value (ties: lower index), the next layer's set always included: batch-invariant.
+    ``counts``: ``L + 1`` non-increasing ints (``counts[L]`` is 1, CLS), e.g. from :func:`sttabt.calibrate`.
     """
     check_budget(budget)
-    if budget == "fixed" and not hard:
-        raise ValueError("budget='fixed' needs hard masks; soft masks keep every token partly")
-    if budget == "fixed" and valid is not None:
+    if budget != "per_sample" and not hard:
+        raise ValueError(f"budget={budget!r} needs hard masks; soft masks keep every token partly")
+    if budget != "per_sample" and valid is not None:
         raise ValueError("inputs with padding (valid=...) need budget='per_sample'")
+    if (budget == "static") != (counts is not None):
+        raise ValueError("budget='static' needs counts (one per set of the plan), and only it takes them")
     depth = len(logits)
     if p_logits.shape != (depth,):
         raise ValueError(f"need one p_logit per layer ({depth}), got shape {tuple(p_logits.shape)}")
@@ -100,6 +107,9 @@ def concrete_masks(
             if budget == "fixed":
                 count = keep.sum(-1).float().mean().round().long().clamp(min=kept.sum(-1).max())
                 keep = fill_to_count(relaxed.masked_fill(validf == 0, -1.0), kept, count.expand(batch))
+            elif budget == "static":
+                count = torch.full((batch,), int(counts[layer]), dtype=torch.long, device=kept.device)
+                keep = fill_to_count(relaxed, kept, count)
             kept = keep
             hard_masks.append(kept)
     if hard:

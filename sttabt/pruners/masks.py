@@ -5,10 +5,17 @@ layer ``l`` (the tokens it uses as keys and values) and ``masks[l + 1]`` its out
 computes queries, attention output and MLP for). Plans are nested, ``masks[l + 1] <= masks[l]``, and
 token 0 (CLS) is in every set. Hard plans hold 0/1, soft plans values in (0, 1).
 
-Two budgets turn scores into hard sets:
-* ``"per_sample"``: every sample keeps the tokens its own scores select; counts differ across the
-  batch and the pruned executor pads to the batch maximum with a key padding mask.
-* ``"fixed"``: every sample keeps the same number of tokens per layer, so shapes are static.
+Three budgets turn scores into hard sets:
+* ``"static"`` (deployment): every sample keeps counts fixed ahead of time, one per set of the plan
+  (``ceil(k_l * T)`` for the top-k pruners, calibrated on data for the concrete pruner). A sample's
+  plan and prediction do not depend on the other samples of its batch; shapes are static and known
+  without looking at the data, so the model compiles and exports (``torch.compile``, ONNX).
+* ``"fixed"`` (training, research): every sample keeps the same number of tokens per layer. For the
+  top-k pruners that is the static count; for the concrete pruner it is the batch's mean count, so it
+  is **batch-dependent**: one odd image changes what every other image keeps.
+* ``"per_sample"`` (training, research): every sample keeps the tokens its own scores select; counts
+  differ across the batch and the pruned executor pads to the batch maximum with a key padding mask.
+  The kept sets do not depend on the batch, but the counts (and so the shapes) do.
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ import math
 
 import torch
 
-BUDGETS = ("per_sample", "fixed")
+BUDGETS = ("per_sample", "fixed", "static")
 CLS_INDEX = 0
 ROUNDING_DIGITS = 6  # so that 0.3 * 10 is 3 tokens, not ceil(3.0000000000000004)
 
@@ -39,6 +46,36 @@ def check_plan_inputs(attn, keep, budget: str, valid) -> tuple[int, int]:
     return batch, tokens
 
 
+def check_static_counts(counts, tokens: int, depth: int) -> tuple[int, ...]:
+    """Static counts as a tuple of ``depth + 1`` ints, checked: ``counts[0] <= tokens``, non-increasing
+    (nested sets, ``O_{l+1}`` inside ``O_l``) and at least 1 (the CLS token)."""
+    counts = tuple(int(c) for c in counts)
+    if len(counts) != depth + 1:
+        raise ValueError(f"need {depth + 1} static counts (one per set of the plan), got {len(counts)}")
+    if counts[0] > tokens or min(counts) < 1 or any(a < b for a, b in zip(counts, counts[1:])):
+        raise ValueError(f"static counts must be non-increasing from at most {tokens} tokens down to at "
+                         f"least 1 (the CLS token), got {list(counts)}")
+    return counts
+
+
+def backward_counts(keep, tokens: int) -> tuple[int, ...]:
+    """Static counts of a back-tracking plan: ``masks[L]`` is CLS only, ``masks[l]`` holds
+    ``max(ceil(k_l * T), |masks[l + 1]|)`` tokens (the union with the next layer's set)."""
+    counts = [1]
+    for ratio in reversed(keep):
+        counts.append(max(keep_count(ratio, tokens), counts[-1]))
+    return tuple(counts[::-1])
+
+
+def forward_counts(keep, tokens: int) -> tuple[int, ...]:
+    """Static counts of a forward-selecting plan: ``masks[0]`` is every token, ``masks[l]`` holds
+    ``min(ceil(k_l * T), |masks[l - 1]|)`` tokens, ``masks[L]`` is CLS only."""
+    counts = [int(tokens)]
+    for ratio in keep[1:]:
+        counts.append(min(keep_count(ratio, tokens), counts[-1]))
+    return tuple(counts + [1])
+
+
 def cls_one_hot(batch: int, tokens: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """(B, T) mask holding only the CLS token."""
     mask = torch.zeros(batch, tokens, device=device, dtype=dtype)
@@ -54,10 +91,20 @@ def fill_to_count(score: torch.Tensor, must_keep: torch.Tensor, count: torch.Ten
     Ties are broken by token index, so the result is deterministic.
     """
     score = score.masked_fill(must_keep, float("inf"))
-    order = torch.argsort(score, dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
-    return rank < count.unsqueeze(-1)
+    return descending_rank(score) < count.unsqueeze(-1)
+
+
+def descending_rank(score: torch.Tensor) -> torch.Tensor:
+    """(B, T) rank of every token in its row, best first, ties by lower index: the position a stable
+    descending sort gives it. Counted by pairwise comparison, ``#{j: s_j > s_i} + #{j < i: s_j = s_i}``,
+    which, unlike a stable sort, every exporter takes (ONNX has no stable ``Sort``); (B, T, T) booleans,
+    small next to the attention maps the scores come from."""
+    tokens = score.shape[-1]
+    index = torch.arange(tokens, device=score.device)
+    earlier = index[None, :] < index[:, None]                       # [i, j]: j before i
+    other, this = score[:, None, :], score[:, :, None]
+    beats = (other > this) | ((other == this) & earlier)
+    return beats.sum(-1)
 
 
 def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:

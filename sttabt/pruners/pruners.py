@@ -18,7 +18,7 @@ from torch import nn
 
 from .backtrack import backtrack_topk, forward_topk
 from .concrete import KEEP_LAMBDA_VISION, concrete_masks, concrete_regulariser
-from .masks import check_budget, check_keep
+from .masks import backward_counts, check_budget, check_keep, check_static_counts, forward_counts
 
 LTP_FULL_LAYERS_MIN = 3       # manual schedule: at least this many leading layers keep everything,
 LTP_FULL_LAYERS_SHARE = 0.15  # or this share of the depth, whichever is more
@@ -29,12 +29,17 @@ class PlannedPruner(nn.Module):
 
     attention = "probs"         # which attention form ``plan`` reads: "logits" or "probs"
     source = "approx"           # whose attention the plan reads: "approx" (scout) or "actual" (host)
-    default_budget = "fixed"    # batching mode used when the caller does not choose one
+    default_budget = "fixed"    # batching mode used when the caller does not choose one (see masks.BUDGETS)
     trainable = False           # True when the plan is differentiable (soft masks)
 
     def plan(self, attention: Sequence[torch.Tensor], *, hard: bool = True, budget: str | None = None,
              valid: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def static_counts(self, tokens: int) -> tuple[int, ...]:
+        """The ``L + 1`` token counts every sample keeps under ``budget="static"`` (plain ints, known
+        before any data is seen: static shapes)."""
+        raise NotImplementedError(f"{type(self).__name__} has no static budget")
 
     def _hard_only(self, hard: bool) -> None:
         if not hard:
@@ -57,6 +62,36 @@ class ConcretePruner(PlannedPruner):
         self.target_p_logit = p_logit
         self.keep_lambda = keep_lambda
         self.p_logits = nn.Parameter(torch.full((depth,), p_logit))
+        # counts of the static budget, one per set of the plan; all zero until sttabt.calibrate sets them
+        self.register_buffer("calibrated_counts", torch.zeros(depth + 1, dtype=torch.long))
+        self._counts: tuple[int, ...] | None = None  # the buffer as ints (shapes must not read tensors)
+
+    def set_static_counts(self, counts, tokens: int) -> tuple[int, ...]:
+        """Store calibrated static counts (``L + 1`` non-increasing ints, the last one 1)."""
+        counts = check_static_counts(counts, tokens, self.p_logits.numel())
+        if counts[-1] != 1:
+            raise ValueError(f"the last layer outputs CLS only: the last static count must be 1, got {counts[-1]}")
+        with torch.no_grad():
+            self.calibrated_counts.copy_(torch.tensor(counts))
+        self._counts = counts
+        return counts
+
+    def static_counts(self, tokens: int) -> tuple[int, ...]:
+        if self._counts is None:
+            raise ValueError("the concrete pruner's static budget needs calibrated counts: call "
+                             "sttabt.calibrate(model, images) on a few batches of real data first "
+                             "(they are saved with the model)")
+        if self._counts[0] > tokens:
+            raise ValueError(f"calibrated for {self._counts[0]} tokens, the input has {tokens}")
+        return self._counts
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "calibrated_counts"
+        if key not in state_dict:  # checkpoints from before static budgets: not calibrated
+            state_dict[key] = torch.zeros_like(self.calibrated_counts)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        counts = tuple(int(c) for c in self.calibrated_counts.tolist())
+        self._counts = counts if all(counts) else None
 
     def set_p_logit(self, value: float) -> None:
         """Re-target: every layer's logit to ``value`` (the target keep ratio is sigmoid(value))."""
@@ -68,8 +103,9 @@ class ConcretePruner(PlannedPruner):
             self.p_logits.fill_(value)
 
     def plan(self, attention, *, hard=True, budget=None, valid=None):
-        return concrete_masks(attention, self.p_logits, hard=hard, budget=budget or self.default_budget,
-                              valid=valid)
+        budget = budget or self.default_budget
+        counts = self.static_counts(attention[0].shape[-1]) if budget == "static" else None
+        return concrete_masks(attention, self.p_logits, hard=hard, budget=budget, valid=valid, counts=counts)
 
     def regulariser(self, soft_masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return concrete_regulariser(self.p_logits, soft_masks, self.target_p_logit,
@@ -102,6 +138,9 @@ class BacktrackPruner(PlannedPruner):
         self._hard_only(hard)
         return backtrack_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid)
 
+    def static_counts(self, tokens: int) -> tuple[int, ...]:
+        return backward_counts(self.keep, tokens)  # what the "fixed" budget keeps too
+
     def extra_repr(self) -> str:
         return f"source={self.source}, keep={self.keep}"
 
@@ -132,6 +171,9 @@ class ManualTopKPruner(PlannedPruner):
         self._hard_only(hard)
         check_budget(budget or self.default_budget)  # counts are equal across the batch either way
         return forward_topk(attention, self.keep)
+
+    def static_counts(self, tokens: int) -> tuple[int, ...]:
+        return forward_counts(self.keep, tokens)  # every budget keeps these counts
 
     def extra_repr(self) -> str:
         return f"keep={[round(k, 3) for k in self.keep]}"
