@@ -155,3 +155,37 @@ def test_abt_plan_equals_the_masked_pruned_path_on_bigger_inputs():
         pruned = model(x, hard=True, executor="pruned")
         masked = model(x, hard=True, executor="masked")
     assert (pruned - masked).abs().max() <= 1e-4
+
+
+def _benchmark_tool():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import benchmark
+
+    return benchmark
+
+
+@pytest.mark.parametrize("pruner", ["abt", "abt_oracle", "concrete"])
+def test_benchmark_stages_compose_to_the_pruned_forward(pruner, images):
+    options = dict(p_logit=0.5) if pruner == "concrete" else dict(keep=0.4)
+    model = tiny("sttabt_deit_small", pruner=pruner, **options)
+    with torch.inference_mode():
+        runs = _benchmark_tool().stage_runs(model, images)
+        seen = runs["scout"]()
+        masks = model.pruner.plan(seen.attention, hard=True, budget=model.pruner.default_budget)
+        assert torch.equal(masks, runs["plan"]()) and torch.equal(masks, model.plan(images)[0])
+        assert torch.equal(runs["host"](), model(images))
+
+
+def test_benchmark_json_reports_the_stage_medians(capsys):
+    import json
+
+    code = _benchmark_tool().main(["--model", "sttabt_deit_tiny", "--img-size", "32", "--keep", "0.5",
+                                   "--batch-size", "2", "--warmup", "0", "--repeats", "2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for key in ("scout_s", "plan_s", "host_s", "dense_s"):
+        assert out[key] > 0
+    assert out["dense_s"] == pytest.approx(sorted(out["dense_ms"])[0] / 2e3 + sorted(out["dense_ms"])[1] / 2e3)
