@@ -189,3 +189,64 @@ def test_benchmark_json_reports_the_stage_medians(capsys):
     for key in ("scout_s", "plan_s", "host_s", "dense_s"):
         assert out[key] > 0
     assert out["dense_s"] == pytest.approx(sorted(out["dense_ms"])[0] / 2e3 + sorted(out["dense_ms"])[1] / 2e3)
+
+
+# ---------------------------------------------------------------------------------------------
+# text: the scout stops at the last layer's scores; top-k planners read q and k
+# ---------------------------------------------------------------------------------------------
+def _old_text_plan(ltp, ids, valid, soft=False):
+    """The previous text planning: the scout's (or host's) whole recorded pass, full maps."""
+    from ltp_nlp.executors import run_dense
+    from ltp_nlp.host import embed, key_bias
+
+    if ltp.config.prune_mode == "sttabt_abt_oracle":
+        logits = run_dense(ltp.layers, embed(ltp.embeddings, ids, None), valid, record=True).attention
+    else:
+        logits = ltp.scout(ids, valid).attention
+    if ltp.pruner.attention == "probs":
+        logits = [(a + key_bias(valid, a.dtype)).softmax(-1).mean(1) for a in logits]
+    return ltp.pruner.plan(logits, hard=not soft, budget="per_sample", valid=valid)
+
+
+@pytest.mark.parametrize("host_type", ["bert", "roberta"])
+@pytest.mark.parametrize("mode", ["sttabt_abt", "sttabt_abt_oracle", "sttabt_concrete"])
+@pytest.mark.parametrize("lengths", [(12, 7, 3, 12, 9), (8,), (10, 10)], ids=["ragged5", "one", "equal2"])
+def test_text_plans_are_those_of_the_old_path(host_type, mode, lengths):
+    from test_ltp_models import batch, host_model, ltp_from
+
+    prune = dict(p_logit=-0.5) if mode == "sttabt_concrete" else dict(token_keep_rate=0.4)
+    model = ltp_from(host_model(host_type), host_type, prune_mode=mode, **prune)
+    ids, mask = batch(host_type, lengths)
+    valid = mask.bool()
+    with torch.no_grad():
+        new = model.ltp.plan(ids, valid, hard=True)
+        assert torch.equal(new, _old_text_plan(model.ltp, ids, valid))
+        if mode == "sttabt_concrete":
+            soft = model.ltp.plan(ids, valid, hard=False)
+            assert (soft - _old_text_plan(model.ltp, ids, valid, soft=True)).abs().max() < 1e-5
+    assert (new[:, ~valid] == 0).all() and (new[:, :, 0] == 1).all()
+
+
+def test_text_planning_pass_reads_queries_keys_and_skips_the_last_ffn():
+    from ltp_nlp.approx import planning_attention
+    from ltp_nlp.host import embed
+    from test_ltp_models import batch, host_model, ltp_from
+
+    model = ltp_from(host_model("roberta"), "roberta", prune_mode="sttabt_abt", token_keep_rate=0.4)
+    ids, mask = batch("roberta")
+    scout = model.ltp.scout
+    last_ffn = scout.base.encoder.layer[-1].intermediate.dense
+    calls = []
+    handle = last_ffn.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        with torch.no_grad():
+            seen = scout.plan_attention(ids, mask.bool(), kind="probs")
+            logits = planning_attention(scout.base.encoder.layer, embed(scout.base.embeddings, ids, None),
+                                        mask.bool(), "logits")
+            recorded = scout(ids, mask).attention
+    finally:
+        handle.remove()
+    assert len(calls) == 1, "only the full recorded pass runs the last layer's FFN"
+    assert isinstance(seen, QKAttention) and len(seen) == len(recorded) == len(logits)
+    for a, b in zip(logits, recorded):
+        assert (a - b).abs().max() < 1e-5
