@@ -59,7 +59,8 @@ def planning_attention(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tens
         keys_seen.append(k)
         if i < last:
             drop = layer.attention.self.dropout
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=drop.p if drop.training else 0.0)
+            p = drop.p if drop.training else 0.0
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
             x = feed_forward(layer, attention_output(layer, merge_heads(context), x))
     scale = layers[0].attention.self.attention_head_size ** -0.5
     return QKAttention(queries, keys_seen, scale, "probs", valid.bool())

@@ -125,6 +125,14 @@ def test_model_plans_are_those_of_the_old_path(pruner, budget, batch, images):
     assert torch.equal(new, old)
 
 
+def test_lvvit_abt_plan_is_that_of_the_old_path(images):
+    model = tiny("sttabt_lvvit_small", pruner="abt", keep=0.4)
+    with torch.no_grad():
+        new, _ = model.plan(images[:3], hard=True)
+        old = model.pruner.plan(old_scout(model, images[:3], "probs").attention, hard=True, budget="fixed")
+    assert torch.equal(new[:-1], old[:-1])  # the token head's last row is the model's own addition
+
+
 @pytest.mark.parametrize("batch", [1, 3, 7])
 def test_concrete_plans_are_those_of_the_old_path(batch, images):
     model = tiny("sttabt_deit_small", pruner="concrete", p_logit=0.5)
