@@ -258,3 +258,30 @@ def test_text_planning_pass_reads_queries_keys_and_skips_the_last_ffn():
     assert isinstance(seen, QKAttention) and len(seen) == len(recorded) == len(logits)
     for a, b in zip(logits, recorded):
         assert (a - b).abs().max() < 1e-5
+
+
+def _key_scores_reference(logits, valid=None):
+    """key_scores as it was before the unpadded fast path (masking by a valid mask of ones)."""
+    import math
+
+    keys = torch.ones_like(logits[:, :1, :1, :], dtype=torch.bool) if valid is None else valid[:, None, None, :]
+    logits = logits.masked_fill(~keys, 0.0)
+    weight = keys.to(logits.dtype)
+    n = weight.sum(-1, keepdim=True).clamp_min(1)
+    mean = logits.sum(-1, keepdim=True) / n
+    variance = (((logits - mean) * weight) ** 2).sum(-1, keepdim=True) / n
+    std = variance.clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
+    return (0.5 * (1 + torch.erf((logits - mean) / (std + 1e-7) / math.sqrt(2))) * weight).mean(1)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_unpadded_key_scores_are_bitwise_those_of_the_masked_rule(grad):
+    from sttabt.pruners.concrete import key_scores
+
+    logits = torch.randn(3, 4, 19, 19, generator=torch.Generator().manual_seed(5)) * 3
+    logits[0, 1, 2] = 0.7  # a constant row
+    kept = logits.clone()
+    with torch.set_grad_enabled(grad):
+        fast = key_scores(logits.requires_grad_(grad))
+    assert torch.equal(fast.detach(), _key_scores_reference(kept))
+    assert torch.equal(logits.detach(), kept), "the logits must not be overwritten"
