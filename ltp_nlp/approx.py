@@ -2,17 +2,28 @@
 hidden and intermediate widths divided by ``factor``, its own thin embeddings), initialised from the
 teacher by linear interpolation of every tensor, distilled per task with
 ``L_att + 1 * L_hid + L_emb + L_pred`` (hidden weight 1 for text; :func:`sttabt.approx.distillation_loss`).
+
+Planning (:meth:`TextScout.plan_attention`, :func:`planning_attention`) stops at the last layer's
+attention scores: no last-layer attention output, FFN or head. For the top-k planners (``"probs"``)
+it runs fused attention and keeps each layer's queries and keys
+(:class:`sttabt.pruners.qk.QKAttention`), from which back-tracking computes only the rows it reads.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from typing import Sequence
+
+import torch.nn.functional as F
+
 from sttabt.approx import resize_linear
 from sttabt.executors import HostOutput
+from sttabt.pruners.qk import QKAttention
 
-from .executors import run_dense
-from .host import SEQUENCE_CLASSIFIERS, embed
+from .executors import masked_layer, run_dense
+from .host import (SEQUENCE_CLASSIFIERS, attention_logits, attention_output, embed, feed_forward, merge_heads,
+                   query_key_value)
 
 HIDDEN_WEIGHT_TEXT = 1.0  # weight of L_hid for text (0.01 for images)
 
@@ -22,6 +33,37 @@ def classify(host_type: str, modules: nn.Module, sequence: torch.Tensor) -> torc
     if host_type == "bert":
         return modules.classifier(modules.dropout(modules.bert.pooler(sequence)))
     return modules.classifier(sequence)
+
+
+def planning_attention(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, kind: str
+                       ) -> Sequence[torch.Tensor]:
+    """Every layer's attention of ``layers`` on embedded tokens ``x`` ((B, T) bool ``valid``), as a
+    planner reads it, stopping at the last layer's scores. ``"logits"``: a tuple of pre-softmax
+    (B, H, T, T) logits (the concrete recursion reads every row); ``"probs"``: a
+    :class:`QKAttention` whose maps are the head-averaged probabilities over the valid keys."""
+    last = len(layers) - 1
+    if kind == "logits":
+        seen = []
+        for layer in layers[:last]:
+            x, _, logits = masked_layer(layer, x, valid)
+            seen.append(logits)
+        q, k, _ = query_key_value(layers[last], x)
+        return tuple(seen) + (attention_logits(layers[last], q, k),)
+    if kind != "probs":
+        raise ValueError(f"attention must be 'logits' or 'probs', got {kind!r}")
+    keys = valid.bool()[:, None, None, :]
+    queries, keys_seen = [], []
+    for i, layer in enumerate(layers):
+        q, k, v = query_key_value(layer, x)
+        queries.append(q)
+        keys_seen.append(k)
+        if i < last:
+            drop = layer.attention.self.dropout
+            p = drop.p if drop.training else 0.0
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
+            x = feed_forward(layer, attention_output(layer, merge_heads(context), x))
+    scale = layers[0].attention.self.attention_head_size ** -0.5
+    return QKAttention(queries, keys_seen, scale, "probs", valid.bool())
 
 
 def thin_config(host_config, factor: int):
@@ -62,3 +104,9 @@ class TextScout(nn.Module):
         x = embed(self.base.embeddings, input_ids, token_type_ids)
         out = run_dense(self.base.encoder.layer, x, valid, record=True)
         return HostOutput(classify(self.host_type, self.net, out.hidden), out.attention, out.hidden_states)
+
+    def plan_attention(self, input_ids, valid: torch.Tensor, token_type_ids=None, *, kind: str
+                       ) -> Sequence[torch.Tensor]:
+        """What planning reads (:func:`planning_attention`): no last-layer FFN, no head."""
+        x = embed(self.base.embeddings, input_ids, token_type_ids)
+        return planning_attention(self.base.encoder.layer, x, valid, kind)

@@ -27,12 +27,12 @@ from transformers.utils import ModelOutput
 from sttabt.executors import HostOutput
 from sttabt.pruners import BacktrackPruner, ConcretePruner, keep_ratio_per_layer
 
-from .approx import TextScout, classify
+from .approx import TextScout, classify, planning_attention
 from .configuration_ltp import (HOST_TYPES, ONLINE_MODES, PLANNED_MODES, PRUNE_MODES, SCOUT_MODES, SOFT_MODES,
                                 LTPConfig)
 from .executors import (EncoderOutput, run_dense, run_online_masked, run_online_pruned, run_planned_masked,
                         run_planned_pruned)
-from .host import PREFIXES, SEQUENCE_CLASSIFIERS, check_layers, embed, key_bias
+from .host import PREFIXES, SEQUENCE_CLASSIFIERS, check_layers, embed
 from .ltp import mask_means, threshold_base
 from .pruners import DEFAULT_TEMPERATURE, ThresholdPruner, TopKPruner
 
@@ -217,14 +217,11 @@ class LTPModel(LTPPreTrainedModel):
 
     def plan(self, input_ids, valid, token_type_ids=None, *, hard: bool) -> torch.Tensor:
         """The STTABT plan (L + 1, B, T) from the scout's (or, for the oracle, the host's) attention."""
+        kind = self.pruner.attention
         if self.config.prune_mode == "sttabt_abt_oracle":
-            logits = run_dense(self.layers, embed(self.embeddings, input_ids, token_type_ids), valid, record=True).attention
+            attention = planning_attention(self.layers, embed(self.embeddings, input_ids, token_type_ids), valid, kind)
         else:
-            logits = self.scout(input_ids, valid, token_type_ids).attention
-        if self.pruner.attention == "probs":
-            attention = [(a + key_bias(valid, a.dtype)).softmax(-1).mean(1) for a in logits]
-        else:
-            attention = logits
+            attention = self.scout.plan_attention(input_ids, valid, token_type_ids, kind=kind)
         return self.pruner.plan(attention, hard=hard, budget="per_sample", valid=valid)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *, masking_mode: str | None = None,

@@ -18,6 +18,7 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
 from .executors import HostOutput, forward_masked
+from .fused_scout import scout_queries_keys
 from .inputs import check_factor
 
 DEFAULT_FACTOR = 4
@@ -137,6 +138,12 @@ def drop_distillation_keys(state: Mapping[str, Any], model: nn.Module) -> dict[s
 class ApproxNet(nn.Module):
     """Thin scout of a host, for planning: ``forward`` returns a :class:`HostOutput` with every layer's
     attention and the hidden states before the last layer, and stops there (``scores_only``).
+    With ``attention="probs"`` (the top-k planners) the attention is a
+    :class:`sttabt.pruners.qk.QKAttention`: the scout runs fused attention and keeps each layer's thin
+    queries and keys; ``attention[l]`` makes layer ``l``'s map on demand and the back-tracking
+    planners compute only the rows they read. ``"logits"`` (concrete masks) returns every layer's
+    logits as tensors, computed once in the scout's own attention: the concrete recursion runs on the
+    soft masks, which are nonzero on every valid token, so it reads every row, hard masks included.
 
     ``net`` is a thin copy of the host (same class) without the parts only distillation uses (see
     :func:`distill_only_paths`): every parameter it holds feeds the plan, so it gets a gradient
@@ -165,6 +172,8 @@ class ApproxNet(nn.Module):
         if not scores_only:
             raise ValueError("the planning scout stops at the last layer's attention; for its full output "
                              "(distillation) use sttabt.approx.ScoutStudent(scout, teacher)")
+        if attention == "probs":
+            return scout_queries_keys(self.net, images, attention)
         return forward_masked(self.net, images, record=True, attention=attention, scores_only=True)
 
 

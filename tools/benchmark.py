@@ -10,6 +10,10 @@ Both models share the host's weights. After warm-up, the two are timed alternate
 dense, ...) so that both see the same machine state; each reports the median of ``--repeats``
 timings. ``ideal_speedup`` is dense GFLOPs / pruned GFLOPs with the scout included, and
 ``share_of_ideal`` = measured speedup / ideal speedup: how much of the FLOPs saved became time.
+With ``--json`` the pruned forward is also timed in its three stages (in the same alternating
+rounds): ``scout_s`` (the scout's pass, or the host's dense recorded pass for the oracle),
+``plan_s`` (the pruner turning that attention into masks), ``host_s`` (the host's pruned pass under
+those masks), with ``dense_s``, each the median in seconds.
 
 The pruner: with ``--checkpoint``, the checkpoint's own (trained p-logits, saved keep ratios) unless
 ``--pruner``, ``--keep`` or ``--p-logit`` ask for another; without one, the flags' pruner, and ABT
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -36,6 +41,7 @@ import torch  # noqa: E402
 
 from _common import add_model_args, build_model, check_counts, check_device, fail, pruner_report  # noqa: E402
 from sttabt.export import Deployable, export_onnx, onnx_session  # noqa: E402
+from sttabt.executors import forward_masked, forward_pruned  # noqa: E402
 from sttabt.flops import sttabt_flops  # noqa: E402
 from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402
 
@@ -70,14 +76,37 @@ def runtime_calls(model, images: torch.Tensor, runtime: str, *, backend: str = "
     return {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()}
 
 
+def stage_runs(model, images: torch.Tensor) -> dict:
+    """The pruned forward's stages as separate calls: ``scout`` (the pass the plan reads), ``plan``
+    (the pruner on that pass's attention) and ``host`` (the pruned host under the plan), each on
+    inputs computed once beforehand. Call inside ``torch.inference_mode()``."""
+    budget = model.budget or model.pruner.default_budget
+    kind = model.pruner.attention
+    if model.pruner.source == "actual":
+        def scout():
+            return forward_masked(model.host, images, attention=kind, scores_only=True)
+    else:
+        def scout():
+            return model.scout(images, attention=kind, scores_only=True)
+    seen = scout()
+    masks, _ = model.plan(images)
+    return {"scout": scout, "plan": lambda: model.pruner.plan(seen.attention, hard=True, budget=budget),
+            "host": lambda: forward_pruned(model.host, images, masks)}
+
+
 def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32,
-              runtime: str = "eager", backend: str = "inductor") -> dict:
-    """Median images/s of the dense host and of the pruned model on the same batch, in ``runtime``."""
+              runtime: str = "eager", backend: str = "inductor", stages: bool = False) -> dict:
+    """Median images/s of the dense host and of the pruned model on the same batch, in ``runtime``;
+    with ``stages`` (eager only) also the median seconds of the pruned forward's stages
+    (:func:`stage_runs`) and of the dense pass."""
     device = images.device
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     budget = "static" if runtime != "eager" else None
+    stages = stages and runtime == "eager"
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode(), autocast:
         runs = runtime_calls(model, images, runtime, backend=backend, folder=folder)
+        if stages:
+            runs.update(stage_runs(model, images))
         times = time_alternately(runs, device=device, warmup=warmup, repeats=repeats)
         masks, _ = model.plan(images, budget=budget)
     flops = sttabt_flops(model, masks, executed=True).to_dict()
@@ -86,7 +115,10 @@ def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10
     pruned_img_s = per_second(batch, times["pruned"])
     speedup = pruned_img_s / dense_img_s
     ideal = flops["dense_gflops"] / flops["gflops"]
+    breakdown = {f"{name}_s": statistics.median(times[name]) for name in ("scout", "plan", "host", "dense")
+                 } if stages else {}
     return {
+        **breakdown,
         "dense_img_s": dense_img_s, "pruned_img_s": pruned_img_s, "speedup": speedup,
         "ideal_speedup": ideal, "share_of_ideal": speedup / ideal,
         "dense_gflops": flops["dense_gflops"], "gflops": flops["gflops"], "scout_gflops": flops["scout_gflops"],
@@ -135,7 +167,7 @@ def main(argv=None) -> int:
               "batch_size": args.batch_size, "dtype": args.dtype, "device": device_name(device),
               "torch": torch.__version__, "runtime": args.runtime,
               **benchmark(model, images, warmup=args.warmup, repeats=args.repeats, dtype=DTYPES[args.dtype],
-                          runtime=args.runtime, backend=args.compile_backend)}
+                          runtime=args.runtime, backend=args.compile_backend, stages=args.json)}
     if args.json:
         print(json.dumps(result))
         return 0

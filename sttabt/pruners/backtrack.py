@@ -6,7 +6,10 @@ take in. Each query row is weighted by how important that query itself turned ou
 (``p * w_q + 1 - p``), so attention paid by important tokens counts more.
 
 Pure functions on head-averaged attention probabilities, batched with boolean masks (the reference
-used an index ``unique`` that was only right for batch size 1).
+used an index ``unique`` that was only right for batch size 1). Given a scout's queries and keys
+(:class:`~sttabt.pruners.qk.QKAttention`) instead of maps, back-tracking computes only the rows it
+reads: those of ``O_{l+1}``, gathered and padded to the batch's largest ``|O_{l+1}|`` with zero
+weights, so layer ``l`` costs ``|O_{l+1}|`` rows instead of ``T``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from typing import Sequence
 
 import torch
 
-from .masks import check_plan_inputs, cls_one_hot, fill_to_count, keep_count, keep_counts, topk_mask
+from .masks import cls_one_hot, fill_to_count, keep_count, keep_counts, topk_mask
+from .qk import QKAttention, kept_index, plan_inputs
 
 IMPACT_MIX = 0.1  # p: how much a query's own importance weighs its attention row
 
@@ -38,14 +42,23 @@ def backtrack_topk(
     ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
     ``T`` above becomes each sample's real length (per-sample budget only).
     """
-    batch, tokens = check_plan_inputs(attn, keep, budget, valid)
+    batch, tokens = plan_inputs(attn, keep, budget, valid)
     depth = len(attn)
-    out = cls_one_hot(batch, tokens, device=attn[0].device, dtype=torch.bool)
-    weight = out.to(attn[0].dtype)  # impact weights w, zero outside O_{l+1}
+    sparse = isinstance(attn, QKAttention)
+    device, dtype = (attn.device, attn.dtype) if sparse else (attn[0].device, attn[0].dtype)
+    out = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
+    weight = out.to(dtype)  # impact weights w, zero outside O_{l+1}
     masks = [out]
+    n_out = 1  # |O_{l+1}|, the same for every sample under the fixed budget without padding
     for layer in reversed(range(depth)):
         rows = out.to(weight.dtype) * (p * weight + 1 - p)
-        importance = torch.einsum("bq,bqk->bk", rows, attn[layer].to(weight.dtype))
+        if sparse:
+            # fixed budget: the count is known, no host sync; per-sample: the batch's largest
+            n = n_out if budget == "fixed" and valid is None else int(out.sum(-1).max())
+            index = kept_index(out, n)
+            importance = torch.einsum("bq,bqk->bk", rows.gather(1, index), attn.rows(layer, index).to(weight.dtype))
+        else:
+            importance = torch.einsum("bq,bqk->bk", rows, attn[layer].to(weight.dtype))
         importance = importance / out.sum(-1, keepdim=True)
         if valid is not None:
             score = importance.masked_fill(~valid, -math.inf)
@@ -53,13 +66,14 @@ def backtrack_topk(
         elif budget == "per_sample":
             kept = topk_mask(importance, keep_count(keep[layer], tokens)) | out
         else:
+            n_out = max(n_out, keep_count(keep[layer], tokens))
             count = out.sum(-1).clamp(min=keep_count(keep[layer], tokens))
             kept = fill_to_count(importance, out, count)
         weight = importance * kept
         weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
         out = kept
         masks.append(out)
-    return torch.stack(masks[::-1]).to(attn[0].dtype)
+    return torch.stack(masks[::-1]).to(dtype)
 
 
 def forward_topk(attn: Sequence[torch.Tensor], keep: Sequence[float]) -> torch.Tensor:

@@ -29,6 +29,15 @@ import torch
 
 from .masks import CLS_INDEX, check_plan_inputs, cls_one_hot, fill_to_count, forward_counts, keep_count, keep_counts
 from .pruners import PlannedPruner, keep_schedule
+from .qk import QKAttention, plan_inputs
+
+
+def _cls_rows(attn: Sequence[torch.Tensor], layer: int) -> torch.Tensor:
+    """(B, T) CLS row of layer ``layer``'s map; from queries and keys, only that row is computed."""
+    if isinstance(attn, QKAttention):
+        index = torch.full((attn.batch, 1), CLS_INDEX, dtype=torch.long, device=attn.device)
+        return attn.rows(layer, index)[:, 0]
+    return attn[layer][:, CLS_INDEX, :]
 
 
 def cls_topk(
@@ -46,14 +55,14 @@ def cls_topk(
     ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
     ``T`` becomes each sample's real length; needs ``budget="per_sample"``.
     """
-    batch, tokens = check_plan_inputs(attn, keep, budget, valid)
+    batch, tokens = plan_inputs(attn, keep, budget, valid)
     depth = len(attn)
-    device = attn[0].device
+    device, dtype = (attn.device, attn.dtype) if isinstance(attn, QKAttention) else (attn[0].device, attn[0].dtype)
     cls = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
     alive = torch.ones(batch, tokens, dtype=torch.bool, device=device) if valid is None else valid | cls
     masks = [alive]
     for layer in range(1, depth):
-        score = attn[layer - 1][:, CLS_INDEX, :].masked_fill(~alive, -math.inf)
+        score = _cls_rows(attn, layer - 1).masked_fill(~alive, -math.inf)
         if valid is None:
             wanted = torch.full((batch,), keep_count(keep[layer], tokens), dtype=torch.long, device=device)
         else:
@@ -61,7 +70,7 @@ def cls_topk(
         alive = fill_to_count(score, cls, torch.minimum(alive.sum(-1), wanted))
         masks.append(alive)
     masks.append(cls)
-    return torch.stack(masks).to(attn[0].dtype)
+    return torch.stack(masks).to(dtype)
 
 
 class EViTPruner(PlannedPruner):
