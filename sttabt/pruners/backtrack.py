@@ -49,12 +49,12 @@ def backtrack_topk(
     out = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
     weight = out.to(dtype)  # impact weights w, zero outside O_{l+1}
     masks = [out]
-    n_out = 1  # |O_{l+1}|, the same for every sample under the fixed budget without padding
+    n_out = 1  # |O_{l+1}|, the same for every sample under the fixed and static budgets without padding
     for layer in reversed(range(depth)):
         rows = out.to(weight.dtype) * (p * weight + 1 - p)
         if sparse:
-            # fixed budget: the count is known, no host sync; per-sample: the batch's largest
-            n = n_out if budget == "fixed" and valid is None else int(out.sum(-1).max())
+            # fixed and static budgets: the count is known, no host sync; per-sample: the batch's largest
+            n = n_out if budget in ("fixed", "static") and valid is None else int(out.sum(-1).max())
             index = kept_index(out, n)
             importance = torch.einsum("bq,bqk->bk", rows.gather(1, index), attn.rows(layer, index).to(weight.dtype))
         else:
