@@ -149,9 +149,13 @@ def check_architecture(config: dict, weights: Path, flag: str) -> None:
         return  # an LTP config without host_type: the loader reads it from the weight names
     with safe_open(str(weights), "pt") as f:
         keys = list(f.keys())
-        embedding = f"{host}.embeddings.word_embeddings.weight"
+        # A bare encoder (``BertModel.save_pretrained``, e.g. sentence-transformers' MiniLM) has no
+        # prefix; transformers adds it when a task model loads it, and so may we, for a plain host.
+        bare = config.get("model_type") != LTP_MODEL_TYPE and any(k.startswith("embeddings.") for k in keys)
+        prefix = "" if bare else f"{host}."
+        embedding = f"{prefix}embeddings.word_embeddings.weight"
         shape = list(f.get_slice(embedding).get_shape()) if embedding in keys else None
-    if not any(key.startswith(host + ".") for key in keys):
+    if not bare and not any(key.startswith(prefix) for key in keys):
         prefixes = sorted({key.split(".")[0] for key in keys})
         raise ValueError(f"{flag}: {weights} holds no {host}. weights (its keys start with {', '.join(prefixes)}): "
                          f"not the {host} model its {CONFIG_NAME} names; fix host_type / model_type there")
@@ -159,7 +163,7 @@ def check_architecture(config: dict, weights: Path, flag: str) -> None:
     if shape is not None and None not in expected and shape != expected:
         raise ValueError(f"{flag}: {weights} holds word embeddings of shape {shape} but {CONFIG_NAME} says vocab_size "
                          f"{expected[0]}, hidden_size {expected[1]}: the weights belong to another model")
-    layers = {int(m.group(1)) for key in keys if (m := re.match(rf"{host}\.encoder\.layer\.(\d+)\.", key))}
+    layers = {int(m.group(1)) for key in keys if (m := re.match(rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.", key))}
     depth = config.get("num_hidden_layers")
     if layers and isinstance(depth, int) and max(layers) + 1 != depth:
         raise ValueError(f"{flag}: {weights} holds {max(layers) + 1} layers but {CONFIG_NAME} says num_hidden_layers "

@@ -273,3 +273,20 @@ def test_atomic_writes_leave_no_partial_files(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no scratch left
     save_atomically(lambda folder: open(f"{folder}/model.bin", "w").write("new"), tmp_path)
     assert (tmp_path / "model.bin").read_text() == "new"
+
+
+def test_bare_encoder_folder_passes_and_is_still_checked(tmp_path):
+    """``BertModel.save_pretrained`` writes keys without the ``bert.`` prefix (sentence-transformers'
+    MiniLM ships so); transformers loads such a folder into a task model, so the check accepts it,
+    and still compares its width and depth with config.json."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=24, max_position_embeddings=32)
+    folder = tmp_path / "bare"
+    BertModel(config).save_pretrained(folder)
+    assert check_model_folder(str(folder), "--model_name_or_path")["model_type"] == "bert"
+    saved = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**saved, "num_hidden_layers": 3}))
+    with pytest.raises(ValueError, match="holds 2 layers but config.json says num_hidden_layers 3"):
+        check_model_folder(str(folder), "--model_name_or_path")

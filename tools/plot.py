@@ -18,6 +18,11 @@ them) and ``<name>_accuracy.json`` (the numbers drawn).
 STTABT concrete trained and untrained, ABT on approximated and actual attention, LTP, manual top-k,
 manual threshold, dense) and ``<name>_glue.json``.
 
+``--study``: ``docs/results/text_study.json`` (``tools/study_glue.py``; one figure per task,
+``<name>_<task>.png/.svg``: the metric against relative FLOPs, every method, dense and the dense
+control as lines, each series' training budget in the legend) or ``cifar_study.json``
+(``tools/study_cifar.py``; ``<name>_cifar.png/.svg``).
+
 Missing or partial inputs are named on stderr and what exists is still drawn; ``--strict`` makes
 that exit with status 1. Exit status 2 when nothing could be drawn, and when a ``results.json``,
 ``summary.json`` or ``args.yaml`` is there but truncated or foreign: that file is named, with what is
@@ -28,12 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import ltp_nlp  # noqa: F401  (fixes torchvision before anything imports it)
 from ltp_nlp.results import read_glue
 from sttabt.checkpoint import atomic_write
 from sttabt.figures import glue_figure, published_points, save_figure, sweep_figure
 from sttabt.results import ResultsFileError, read_sweeps
+from sttabt.study_figures import cifar_study_figure, text_study_figures
 
 
 def _write_json(path, payload) -> None:
@@ -45,12 +52,14 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="output folders of tools/train_imagenet.py")
     parser.add_argument("--glue", nargs="+", default=[], metavar="FILE_OR_DIR",
                         help="eval_glue.py --output files and run_glue.py / run_ltp.py output folders")
+    parser.add_argument("--study", nargs="+", default=[], metavar="JSON",
+                        help="docs/results/text_study.json (one figure per task) or cifar_study.json")
     parser.add_argument("--out", required=True, help="folder for the figures and their numbers")
     parser.add_argument("--name", default="results", help="file name prefix (default: results)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when an input is missing")
     args = parser.parse_args(argv)
-    if not args.runs and not args.glue:
-        parser.error("give RUN_DIR folders, --glue inputs, or both")
+    if not args.runs and not args.glue and not args.study:
+        parser.error("give RUN_DIR folders, --glue inputs or --study files")
 
     problems, written = [], []
     if args.runs:
@@ -75,6 +84,16 @@ def main(argv=None) -> int:
             path = f"{args.out}/{args.name}_glue.json"
             _write_json(path, {"points": [p.to_dict() for p in points]})
             written.append(path)
+    for path in args.study:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            figures = ({"cifar": cifar_study_figure(data)} if "top1" in (data["rows"] or [{}])[0]
+                       else text_study_figures(data))
+        except (OSError, ValueError, KeyError, IndexError) as err:
+            problems.append(f"{path}: not a study JSON of tools/study_glue.py / study_cifar.py ({err})")
+            continue
+        for name, fig in figures.items():
+            written += save_figure(fig, args.out, f"{args.name}_{name.lower()}")
     for problem in problems:
         print(f"missing: {problem}", file=sys.stderr)
     if not written:

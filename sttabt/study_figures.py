@@ -1,0 +1,74 @@
+"""Figures of the fair studies (``docs/results/text_study.json``, ``docs/results/cifar_study.json``):
+one figure per task, the task metric against relative FLOPs (the scout included), every method a
+series, dense models as horizontal lines with their training budgets in the legend."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+from .figures import PANEL_SIZE
+
+DENSE_METHODS = ("dense", "dense_teacher", "dense_control")
+STYLE = {                                       # method -> (colour, marker, line style, legend name)
+    "dense": ("black", "", "--", "dense"),
+    "dense_teacher": ("black", "", "--", "dense teacher"),
+    "dense_control": ("gray", "", "-.", "dense control (trained as long)"),
+    "ltp": ("tab:green", "o", "-", "LTP (soft, then hard)"),
+    "sttabt_concrete": ("tab:red", "o", "-", "STTABT concrete"),
+    "abt": ("tab:blue", "s", "-", "ABT (scout)"),
+    "manual_topk": ("tab:orange", "^", "-", "manual top-k"),
+    "manual": ("tab:orange", "^", "-", "manual top-k (geometric)"),
+    "evit": ("tab:purple", "v", "-", "EViT-style CLS top-k (geometric)"),
+    "manual_threshold": ("tab:purple", "v", ":", "manual threshold"),
+}
+
+
+def _label(method: str, rows: Sequence[dict], budget_key: str | None, unit: str) -> str:
+    name = STYLE.get(method, ("", "", "", method))[3]
+    if budget_key is None:
+        return name
+    budgets = sorted({r[budget_key] for r in rows if r.get(budget_key) is not None})
+    return f"{name}, {' / '.join(f'{b:,}' for b in budgets)} {unit}" if budgets else name
+
+
+def study_figure(rows: Sequence[dict], title: str, *, metric: str, x: str, ylabel: str,
+                 budget_key: str | None = None, unit: str = "", scale: float = 100.0):
+    """One panel: ``metric`` (x ``scale``) against ``x`` (relative FLOPs, in %), one series per method."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PANEL_SIZE[0] * 1.4, PANEL_SIZE[1] * 1.2), layout="constrained")
+    ax = fig.subplots()
+    series: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        series[r["method"]].append(r)
+    for method, points in series.items():
+        colour, marker, style, _ = STYLE.get(method, ("tab:brown", "P", "--", method))
+        label = _label(method, points, budget_key, unit)
+        if method in DENSE_METHODS:
+            ax.axhline(points[0][metric] * scale, color=colour, ls=style, lw=1, label=label)
+            continue
+        points = sorted(points, key=lambda r: r[x])
+        ax.plot([100 * r[x] for r in points], [r[metric] * scale for r in points], marker=marker, ls=style,
+                color=colour, label=label)
+    ax.set(title=title, xlabel="relative FLOPs (%), scout included", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def text_study_figures(data: dict) -> dict[str, object]:
+    """``{task: figure}`` of a ``text_study.json``."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in data["rows"]:
+        by_task[r["task"]].append(r)
+    model = data.get("model", "").split(" (")[0]
+    return {task: study_figure(rows, f"{task}, {model}", metric="metric", x="relative_flops",
+                               ylabel=f"{rows[0].get('metric_name', 'metric')} (%)", budget_key="train_examples",
+                               unit="examples")
+            for task, rows in sorted(by_task.items())}
+
+
+def cifar_study_figure(data: dict):
+    return study_figure(data["rows"], f"CIFAR-10 subset ({data.get('images', '?')} test images)", metric="top1",
+                        x="relative_gflops", ylabel="top-1 (%)", budget_key="extra_epochs", unit="extra epochs",
+                        scale=1.0)
