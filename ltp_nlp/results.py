@@ -157,6 +157,9 @@ def read_glue(paths: list[str]) -> tuple[list[GluePoint], list[str]]:
                 points += read_eval_file(path)
             else:
                 raise FileNotFoundError(f"GLUE result not found: {path}")
-        except (FileNotFoundError, ValueError, json.JSONDecodeError) as err:
+        except json.JSONDecodeError as err:  # before ValueError, its base class
+            problems.append(f"{path}: unreadable, not valid JSON ({err}; empty or truncated?): rerun the tool "
+                            "that wrote it")
+        except (FileNotFoundError, ValueError) as err:
             problems.append(str(err))
     return points, problems

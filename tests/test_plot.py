@@ -152,6 +152,10 @@ def test_glue_inputs_errors(tmp_path):
         tmp_path / "old.json", "SST2", [{"prune_mode": "topk", "accuracy": 0.5}]))])
     assert points == []
     assert "no eval_results.json" in problems[0] and "not found" in problems[1] and "'kept_mean'" in problems[2]
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"task": "SST2", "rows": [')                 # a write cut short
+    points, problems = read_glue([str(broken)])
+    assert points == [] and "unreadable, not valid JSON" in problems[0] and "not found" not in problems[0]
     plain = run_folder(tmp_path / "plain", "SST2", "none", [(0.88, 1.0, 1.0)])
     (plain / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (plain / "eval_results.json").write_text(json.dumps({"eval_accuracy": 0.88, "eval_loss": 0.3}))  # run_glue.py's

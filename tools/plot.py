@@ -56,7 +56,7 @@ def main(argv=None) -> int:
                         help="docs/results/text_study.json (one figure per task) or cifar_study.json")
     parser.add_argument("--out", required=True, help="folder for the figures and their numbers")
     parser.add_argument("--name", default="results", help="file name prefix (default: results)")
-    parser.add_argument("--strict", action="store_true", help="exit with status 1 when an input is missing")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when an input is missing or unreadable")
     args = parser.parse_args(argv)
     if not args.runs and not args.glue and not args.study:
         parser.error("give RUN_DIR folders, --glue inputs or --study files")
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         for name, fig in figures.items():
             written += save_figure(fig, args.out, f"{args.name}_{name.lower()}")
     for problem in problems:
-        print(f"missing: {problem}", file=sys.stderr)
+        print(f"skipped: {problem}", file=sys.stderr)
     if not written:
         print("error: nothing to plot (see the messages above)", file=sys.stderr)
         return 2
