@@ -76,12 +76,39 @@ def move_files_into(source: str | os.PathLike, target: str | os.PathLike) -> lis
     return moved
 
 
+SCRATCH_PREFIX = ".saving-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # somebody else's live process
+        return True
+    return True
+
+
+def remove_stale_scratch(folder: str | os.PathLike) -> list[Path]:
+    """Remove the scratch folders (``.saving-<pid>-*``) that a killed save left in ``folder``: those
+    whose process is gone, and those of the older unnamed layout; returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(SCRATCH_PREFIX + "*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if path.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def save_atomically(save: Callable[[str], Any], folder: str | os.PathLike) -> list[Path]:
     """Run ``save(scratch_folder)`` (e.g. ``model.save_pretrained``) in a scratch folder beside ``folder``,
-    then move each file it wrote into ``folder``: no file of ``folder`` is ever half written."""
+    then move each file it wrote into ``folder``: no file of ``folder`` is ever half written. Scratch
+    folders left by a save that was killed are removed first."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".saving-", dir=folder)
+    remove_stale_scratch(folder)
+    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=folder)
     try:
         save(scratch)
         return move_files_into(scratch, folder)

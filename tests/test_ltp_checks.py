@@ -3,6 +3,7 @@ error naming it; nothing already written is replaced. Pure functions and tiny fi
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import pytest
@@ -273,6 +274,22 @@ def test_atomic_writes_leave_no_partial_files(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no scratch left
     save_atomically(lambda folder: open(f"{folder}/model.bin", "w").write("new"), tmp_path)
     assert (tmp_path / "model.bin").read_text() == "new"
+
+
+def test_scratch_of_a_killed_save_is_removed_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()                     # a pid that has exited
+    stale = [tmp_path / f".saving-{dead}-abc", tmp_path / ".saving-old_layout"]
+    live = tmp_path / f".saving-{os.getpid()}-busy"                     # a save still running here
+    for folder in stale + [live]:
+        folder.mkdir()
+        (folder / "model.bin").write_text("half")
+    save_atomically(lambda folder: open(f"{folder}/model.bin", "w").write("new"), tmp_path)
+    assert (tmp_path / "model.bin").read_text() == "new"
+    assert not any(p.exists() for p in stale) and (live / "model.bin").exists()
 
 
 def test_bare_encoder_folder_passes_and_is_still_checked(tmp_path):
