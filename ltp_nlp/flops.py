@@ -5,7 +5,10 @@ attention products on the ``n_att`` tokens entering the layer) and feed-forward 
 (``n_ffn``: tokens kept after it; ``8 d^2`` is ``2 d d_ff`` for ``d_ff = 4 d``, general ``2 d d_ff``). The
 baseline is the same count at the unpadded input length. FLOPs = 2 x MACs (the reference's
 convention for GLUE; the vision side counts one multiply-add as one FLOP, as fvcore does).
-STTABT modes add their scout's MACs at the full length (it always runs on every token).
+STTABT modes add their planning pass at the full length (it always runs on every token): the scout's
+(or, for the oracle, the host's own) layers in full except the last, of which only the Q, K and V
+projections and the attention scores run (:func:`planning_macs`, what ``ltp_nlp.approx.planning_attention``
+computes).
 """
 from __future__ import annotations
 
@@ -33,6 +36,13 @@ def dense_macs(hidden: int, intermediate: int, depth: int, lengths: torch.Tensor
     return depth * layer_macs(hidden, intermediate, lengths, lengths)
 
 
+def planning_macs(hidden: int, intermediate: int, depth: int, lengths: torch.Tensor) -> torch.Tensor:
+    """(B,) MACs of a planning pass: ``depth - 1`` whole layers, then the last layer's Q, K and V
+    projections (``3 d^2 n``) and scores (``d n^2``); no attention output, feed-forward or head."""
+    n = lengths.double()
+    return (depth - 1) * layer_macs(hidden, intermediate, n, n) + 3 * hidden ** 2 * n + hidden * n ** 2
+
+
 @dataclass
 class FlopsMeter:
     """Accumulates per-example MACs over an evaluation; ``summary()`` gives the reported numbers."""
@@ -53,7 +63,8 @@ class FlopsMeter:
         self.macs += float(encoder_macs(self.hidden, self.intermediate, counts).sum())
         self.baseline += float(dense_macs(self.hidden, self.intermediate, self.depth, lengths).sum())
         if self.scout_hidden:
-            self.scout_macs += float(dense_macs(self.scout_hidden, self.scout_intermediate, self.depth, lengths).sum())
+            self.scout_macs += float(planning_macs(self.scout_hidden, self.scout_intermediate, self.depth,
+                                                   lengths).sum())
         self.kept += (counts[:-1] / lengths).sum(-1)
         self.examples += int(lengths.numel())
 
