@@ -226,7 +226,7 @@ def budget_summary(s: StudySettings) -> dict:
 # The budgets of docs/results/text_study.json, sized for 2 shared CPU cores (about 30-45 minutes a task):
 # (train_samples, dense_epochs, budget_epochs, ltp_soft_epochs, scout_epochs); None = the whole train set.
 TASK_PRESETS = {
-    "SST2": (8000, 1.0, 0.75, 0.25, 0.25),
+    "SST2": (8000, 1.0, 0.5, 0.125, 0.125),
     "MRPC": (None, 1.0, 0.5, 0.25, 0.25),
     "STSB": (None, 1.0, 0.5, 0.25, 0.25),
     "RTE": (None, 2.0, 1.0, 0.5, 0.5),

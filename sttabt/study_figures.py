@@ -28,7 +28,11 @@ def _label(method: str, rows: Sequence[dict], budget_key: str | None, unit: str)
     if budget_key is None:
         return name
     budgets = sorted({r[budget_key] for r in rows if r.get(budget_key) is not None})
-    return f"{name}, {' / '.join(f'{b:,}' for b in budgets)} {unit}" if budgets else name
+    if not budgets:
+        return name
+    if budgets == [0]:
+        return name if method in DENSE_METHODS else f"{name}, no training"
+    return f"{name}, {' / '.join(f'{b:,}' for b in budgets)} {unit}"
 
 
 def study_figure(rows: Sequence[dict], title: str, *, metric: str, x: str, ylabel: str,
