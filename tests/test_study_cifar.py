@@ -104,6 +104,7 @@ def test_tool_matches_gflops_and_scores_every_image(tmp_path):
     for name in ("abt", "manual", "evit"):
         r = rows[name]
         assert r["target_gflops"] == rows["sttabt_concrete"]["gflops"]
+        assert r["vs_dense_control"] == pytest.approx(r["top1"] - rows["dense_control"]["top1"])
         assert r["matched_within_5_percent"] == study.matched(r["gflops"], r["target_gflops"])
         assert abs(r["gflops"] - r["target_gflops"]) <= 0.15 * r["target_gflops"]  # 17 tokens: coarse steps
         # an independent score: the same schedule, built here, on every image in one batch

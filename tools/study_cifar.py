@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     transform = eval_transform(base)
     loaded = list(batches(data.files, data.labels, transform, args.batch_size, torch.device("cpu")))
     probe = [(loaded[0][0][:args.match_images], loaded[0][1][:args.match_images])]
-    dense_gflops = rows[0]["gflops"]
+    by_method = {r["method"]: r for r in rows}
+    dense_gflops = by_method["dense_teacher"]["gflops"]
+    teacher_top1, control_top1 = by_method["dense_teacher"]["top1"], by_method["dense_control"]["top1"]
     command = "python tools/study_cifar.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     targets = [r for r in rows if r["method"] == "sttabt_concrete"]
     with tqdm(total=len(targets) * len(args.pruners), desc="match and score", unit="model") as bar:
@@ -126,6 +128,8 @@ def main(argv=None) -> int:
                              "keep_mean": tally.mean("keep_mean"),
                              "matched_within_5_percent": study.matched(gflops, target["gflops"]),
                              "vs_concrete": 100.0 * tally.correct / tally.images - target["top1"],
+                             "vs_dense_teacher": 100.0 * tally.correct / tally.images - teacher_top1,
+                             "vs_dense_control": 100.0 * tally.correct / tally.images - control_top1,
                              "p_logit_of_target": target["p_logit"], "command": command})
                 bar.update()
     report = {"run": str(folder), "images": len(data.files), "data": args.data,
