@@ -228,7 +228,7 @@ def budget_summary(s: StudySettings) -> dict:
 TASK_PRESETS = {
     "SST2": (8000, 1.0, 0.5, 0.125, 0.125),
     "MRPC": (None, 1.0, 0.5, 0.25, 0.25),
-    "STSB": (None, 1.0, 0.5, 0.25, 0.25),
+    "STSB": (3000, 1.0, 0.5, 0.25, 0.25),
     "RTE": (None, 2.0, 1.0, 0.5, 0.5),
     "CoLA": (None, 1.0, 0.75, 0.25, 0.25),
 }
