@@ -430,7 +430,7 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     reader = model.scout.net if model.pruner.source == "approx" else model.host
     scout = vit_flops(reader, head=False, last_mlp=False, last_attn_scores_only=True)
     tokens = _dense_tokens(model.host)
-    keep = (counts[:-1].double().mean(-1) / tokens).tolist()
+    keep = model.layout.ratio(counts[:-1].double().mean(-1), tokens).tolist()  # prefix tokens are not patches
     return ModelFlops(vit_flops_per_sample(model.host, counts), scout, vit_flops(model.host), tuple(keep))
 
 

@@ -9,9 +9,11 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from .approx import DEFAULT_FACTOR, ApproxNet
+from .executors.host import forward_head as host_forward_head
 from .executors import HostOutput, check_host, forward_masked, forward_pruned, has_token_head, pruned_tokens
 from .inputs import check_depth, check_images, install_host_check
 from .pruners import PlannedPruner, create_pruner
+from .pruners.layout import TokenLayout, layout_of
 from .pruners.masks import check_budget
 
 EXECUTORS = ("masked", "pruned")
@@ -60,7 +62,13 @@ class STTABT(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        return self.host.patch_embed.num_patches + 1
+        """Tokens of the host's sequence: its prefix tokens (class, distillation, registers), then the patches."""
+        return self.host.patch_embed.num_patches + self.host.num_prefix_tokens
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The host's prefix tokens (always kept) and pooling, which every pruner's plan follows."""
+        return layout_of(self.host)
 
     def _resolve(self, hard: bool | None, executor: str | None) -> tuple[bool, str]:
         hard = (not self.training) if hard is None else hard
@@ -76,7 +84,7 @@ class STTABT(nn.Module):
 
     def static_counts(self) -> tuple[int, ...]:
         """The ``L + 1`` token counts of every sample's plan under ``budget="static"``, as ints."""
-        counts = tuple(self.pruner.static_counts(self.num_tokens))
+        counts = tuple(self.pruner.static_counts(self.num_tokens, self.layout))
         if has_token_head(self.host):  # the last layer's input set feeds the token head (see ``plan``)
             counts = counts[:-1] + counts[-2:-1]
         return counts
@@ -95,7 +103,7 @@ class STTABT(nn.Module):
             seen = scout = self.scout(images, attention=kind, scores_only=True)
         if not hard:  # soft masks keep every token partly: budgets (counts of hard sets) do not apply
             budget = "per_sample"
-        masks = self.pruner.plan(seen.attention, hard=hard, budget=budget)
+        masks = self.pruner.plan(seen.attention, hard=hard, budget=budget, layout=self.layout)
         if has_token_head(self.host):  # the token head reads every token the last layer takes in
             masks = torch.cat((masks[:-1], masks[-2:-1]))
         return masks, scout
@@ -122,10 +130,12 @@ class STTABT(nn.Module):
     # timm's model contract
     # ---------------------------------------------------------------------------------------------
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New host head(s) for ``num_classes`` classes (0: the head returns the class token's feature).
-        The pooling stays ``'token'``: the pruners keep the class token for the head."""
-        if global_pool not in (None, "token"):
-            raise ValueError(f"STTABT classifies from the class token; global_pool={global_pool!r} is unsupported")
+        """New host head(s) for ``num_classes`` classes (0: the head returns the pooled feature).
+        The pooling stays the host's (the pruners' plans follow it)."""
+        if global_pool not in (None, self.host.global_pool):
+            raise ValueError(f"this STTABT model pools with global_pool={self.host.global_pool!r} (its plans keep the class "
+                             f"token for a token head, or the averaged tokens); global_pool={global_pool!r} is "
+                             "unsupported: wrap a host built with it instead")
         self.host.reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
 
@@ -152,11 +162,10 @@ class STTABT(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, token_mask: torch.Tensor | None = None
                      ) -> torch.Tensor:
-        """The host's head on ``forward_features`` output; ``token_mask`` (B, T): tokens a token head
-        (LV-ViT's) may read, e.g. ``forward_detailed(x).masks[-1]``; DeiT heads read the class token only."""
-        if has_token_head(self.host):
-            return self.host.forward_head(x, pre_logits=pre_logits, token_mask=token_mask)
-        return self.host.forward_head(x, pre_logits=pre_logits)
+        """The host's head on ``forward_features`` output; ``token_mask`` (B, T): the tokens kept, e.g.
+        ``forward_detailed(x).masks[-1]``, which a token head (LV-ViT's) reads and an ``avg`` head averages
+        (pass it for those, or dropped tokens count too); DeiT heads read the prefix tokens only."""
+        return host_forward_head(self.host, x, token_mask, pre_logits=pre_logits)
 
     def forward_intermediates(
         self,
@@ -205,7 +214,7 @@ class STTABT(nn.Module):
         """Parameter groups of the host for timm's layer-wise learning-rate decay. The scout (a network
         of its own) and the pruner's logits match no group, so they train at the full rate, with the head."""
         return dict(
-            stem=r"^host\.cls_token|^host\.pos_embed|^host\.reg_token|^host\.patch_embed",
+            stem=r"^host\.cls_token|^host\.pos_embed|^host\.reg_token|^host\.dist_token|^host\.patch_embed",
             blocks=[(r"^host\.blocks\.(\d+)", None), (r"^host\.norm", (99999,))],
         )
 
@@ -234,7 +243,9 @@ def wrap(
     budget: str | None = None,
     scout_init: str = "interpolate",
 ) -> STTABT:
-    """Make any timm ``VisionTransformer`` with a class token an STTABT model.
+    """Make any timm ``VisionTransformer`` an STTABT model: a head on the class token (also DeiT's
+    distilled two heads) or averaging the patches (``global_pool='avg'``), with or without register
+    tokens. Prefix tokens are never dropped.
 
     ``factor``: the scout is ``factor`` times thinner; ``pruner``: a name from
     ``sttabt.pruners.PRUNERS`` or a pruner module; ``p_logit``: initial and target per-layer logit
