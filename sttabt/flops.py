@@ -419,7 +419,8 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     executor computes when counts differ across the batch (``budget="per_sample"`` pads).
 
     The scout runs dense and stops at the last layer's attention scores; the oracle pruner reads the
-    host's own attention from the same kind of pass. Planning itself (a few ``T x T``
+    host's own attention from the same kind of pass; the online pruners (``ltp``, ``evit``) need no
+    planning pass (scout FLOPs 0). Planning itself (a few ``T x T``
     matrix-vector products per layer) is left out: under 0.1 % of the total.
     """
     from .pruners.masks import counts as plan_counts
@@ -427,8 +428,11 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     counts = plan_counts(masks)
     if executed:
         counts = counts.amax(-1, keepdim=True).expand_as(counts)
-    reader = model.scout.net if model.pruner.source == "approx" else model.host
-    scout = vit_flops(reader, head=False, last_mlp=False, last_attn_scores_only=True)
+    if getattr(model.pruner, "online", False):  # decides from the host's own pass: no planning pass
+        scout = FlopsReport.build(0.0, [0.0] * len(model.host.blocks), 0.0)
+    else:
+        reader = model.scout.net if model.pruner.source == "approx" else model.host
+        scout = vit_flops(reader, head=False, last_mlp=False, last_attn_scores_only=True)
     tokens = _dense_tokens(model.host)
     keep = model.layout.ratio(counts[:-1].double().mean(-1), tokens).tolist()  # prefix tokens are not patches
     return ModelFlops(vit_flops_per_sample(model.host, counts), scout, vit_flops(model.host), tuple(keep))

@@ -21,7 +21,7 @@ from .pretrained import sttabt_cfg
 from .wrap import STTABT, wrap
 from . import pretrained as _pretrained
 
-_WRAP_KWARGS = ("factor", "pruner", "p_logit", "keep", "budget", "scout_init")
+_WRAP_KWARGS = ("factor", "pruner", "p_logit", "keep", "budget", "scout_init", "threshold")
 DEFAULT_OUT_INDICES = 3  # features_only: the last three blocks, as for timm's ViTs
 
 # registered name -> dense host in timm

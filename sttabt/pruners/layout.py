@@ -44,8 +44,8 @@ class TokenLayout:
 
     def always(self, batch: int, tokens: int, *, device=None, dtype=torch.bool) -> torch.Tensor:
         """(B, T) mask of the prefix tokens (the tokens every set holds)."""
-        if tokens <= self.prefix:
-            raise ValueError(f"{tokens} tokens leave no patch after {self.prefix} prefix tokens")
+        if tokens < self.prefix:
+            raise ValueError(f"{tokens} tokens cannot hold {self.prefix} prefix tokens")
         mask = torch.zeros(batch, tokens, device=device, dtype=dtype)
         mask[:, : self.prefix] = 1
         return mask

@@ -28,6 +28,7 @@ LTP_FULL_LAYERS_SHARE = 0.15  # or this share of the depth, whichever is more
 class PlannedPruner(nn.Module):
     """Base class: ``plan(attention, hard=..., budget=..., valid=None) -> (L + 1, B, T)`` masks."""
 
+    online = False              # planned: decides every layer before the host runs
     attention = "probs"         # which attention form ``plan`` reads: "logits" or "probs"
     source = "approx"           # whose attention the plan reads: "approx" (scout) or "actual" (host)
     default_budget = "fixed"    # batching mode used when the caller does not choose one (see masks.BUDGETS)
@@ -191,18 +192,30 @@ PRUNERS = {
     "abt": "attention back-tracking top-k on the scout's approximated attention (training-free)",
     "abt_oracle": "attention back-tracking top-k on the host's actual attention (needs a dense pass)",
     "manual": "hand-set per-layer top-k schedule, tokens chosen forwards by received attention",
-    "evit": "EViT-style top-k on the CLS attention of the scout (training-free)",
+    "evit_scout": "EViT-style top-k on the CLS attention of the scout, planned (training-free)",
+    "evit": "EViT: top-k on the host's own CLS attention, decided online after each layer (training-free)",
+    "ltp": "LTP: learned per-layer thresholds on the attention a token receives, online (trained)",
 }
+ONLINE = ("evit", "ltp")  # decide during the host's pass, from its own attention: no scout
 
 
 def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
-                  keep: float | Sequence[float] | None = None) -> PlannedPruner:
-    """Build a pruner by name (see ``PRUNERS``); ``keep`` defaults to 0.5 for the top-k pruners."""
+                  keep: float | Sequence[float] | None = None, threshold: float | None = None) -> nn.Module:
+    """Build a pruner by name (see ``PRUNERS``); ``keep`` defaults to 0.5 for the top-k pruners;
+    ``threshold``: LTP's final token threshold (the last layer's, before learning)."""
+    if threshold is not None and name != "ltp":
+        raise ValueError(f"threshold is LTP's final token threshold: it needs pruner='ltp', not {name!r}")
     if name == "concrete":
         if keep is not None:
             raise ValueError("the concrete pruner sets its keep ratio through p_logit (target sigmoid(p_logit)), "
                              "not keep; use a top-k pruner ('abt', 'abt_oracle', 'manual', 'evit') for a keep ratio")
         return ConcretePruner(depth, p_logit)
+    if name == "ltp":
+        from .online import DEFAULT_FINAL_THRESHOLD, LTPPruner
+
+        if keep is not None:
+            raise ValueError("the ltp pruner keeps what reaches its learned thresholds: set threshold=..., not keep")
+        return LTPPruner(depth, DEFAULT_FINAL_THRESHOLD if threshold is None else threshold)
     keep = 0.5 if keep is None else keep
     if name == "abt":
         return BacktrackPruner(depth, keep, source="approx")
@@ -210,8 +223,12 @@ def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
         return BacktrackPruner(depth, keep, source="actual")
     if name == "manual":
         return ManualTopKPruner(depth, keep)
-    if name == "evit":
+    if name == "evit_scout":
         from .cls_topk import EViTPruner  # cls_topk builds on this module's base class
 
         return EViTPruner(depth, keep, source="approx")
+    if name == "evit":
+        from .online import EViTOnlinePruner
+
+        return EViTOnlinePruner(depth, keep)
     raise ValueError(f"unknown pruner {name!r}: choose one of {', '.join(PRUNERS)}")
