@@ -139,6 +139,8 @@ def drop_distillation_keys(state: Mapping[str, Any], model: nn.Module) -> dict[s
     :class:`ApproxNet`) no longer has: old STTABT checkpoints and scout files load as before."""
     expected = model.state_dict()
     scout = model.scout if hasattr(model, "scout") else model
+    if scout is None:  # an online pruner's model has no scout
+        return dict(state)
     depth, base = len(scout.net.blocks), ("scout." if scout is not model else "")
     stale = tuple(f"{base}net.{p}." for p in distill_only_paths(depth)) + (f"{base}hidden_proj.",)
     return {k: v for k, v in state.items() if k in expected or not k.startswith(stale)}
