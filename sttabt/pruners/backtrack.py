@@ -54,7 +54,10 @@ def backtrack_topk(
     device, dtype = (attn.device, attn.dtype) if sparse else (attn[0].device, attn[0].dtype)
     floor = layout.always(batch, tokens, device=device)   # in every set
     averaged = layout.averaged
-    out = (floor | (True if valid is None else valid)) if averaged else floor  # the query rows of the first step
+    if averaged:  # the query rows of the first step: every (valid) token
+        out = torch.ones_like(floor) if valid is None else floor | valid.bool()
+    else:
+        out = floor
     weight = out.to(dtype) / out.sum(-1, keepdim=True)  # impact weights w (equal), zero outside O_{l+1}
     masks = [out]
     n_out = tokens if averaged else layout.prefix  # |O_{l+1}|, the same for every sample (fixed / static, no padding)
