@@ -123,7 +123,8 @@ def test_online_flops_have_no_planning_pass(images):
         out = model.forward_detailed(images[:2])
     report = sttabt_flops(model, out.masks)
     assert report.scout.total == 0
-    assert report.host.total == pytest.approx(vit_flops_per_sample(model.host, out.masks.sum(-1)).total)
+    # the planned count of the same sets, plus the queries and scores of the tokens each layer drops
+    assert report.host.total > vit_flops_per_sample(model.host, out.masks.sum(-1)).total
     assert report.total < report.dense.total
 
 
