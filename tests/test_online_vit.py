@@ -140,3 +140,14 @@ def test_registered_online_models_and_static_counts(images):
         model(images[:1].clone(), budget="static")
     with pytest.raises(ValueError, match="threshold"):
         create_pruner("abt", 3, threshold=0.1)
+
+
+def test_lvvit_with_every_patch_dropped(images):
+    """A threshold that drops every patch: LV-ViT's token head then reads no patch (no aux term),
+    in both executors."""
+    model = sttabt.wrap(host("lvvit"), pruner="ltp", threshold=1.0).eval()
+    with torch.no_grad():
+        pruned = model.forward_detailed(images[:2], executor="pruned")
+        masked = model(images[:2], hard=True, executor="masked")
+    assert pruned.masks[2:, :, 1:].sum() == 0
+    assert (pruned.logits - masked).abs().max() <= 1e-4

@@ -53,7 +53,10 @@ def forward_online_pruned(model: nn.Module, images: torch.Tensor, pruner: nn.Mod
     """Logits and (L + 1, B, T) hard masks of ``model`` under the online ``pruner``, tokens removed."""
     x = embed(model, images)
     run = core.online_pruned(TimmViTAdapter(model), x, _decider(model, pruner, layout, x.shape[1], False))
-    token_mask = run.token_mask
+    tokens, token_mask = run.tokens, run.token_mask
     if token_mask is None and (model.global_pool == "avg" or has_token_head(model)):
-        token_mask = torch.ones(run.tokens.shape[:2], dtype=torch.bool, device=x.device)
-    return head(model, run.tokens, token_mask), run.masks
+        token_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=x.device)
+    if has_token_head(model) and tokens.shape[1] == layout.prefix:  # every patch dropped: one padding row,
+        tokens = torch.cat((tokens, tokens.new_zeros(tokens.shape[0], 1, tokens.shape[2])), 1)  # so the token
+        token_mask = torch.cat((token_mask, token_mask.new_zeros(token_mask.shape[0], 1)), 1)  # head reads none
+    return head(model, tokens, token_mask), run.masks

@@ -265,8 +265,6 @@ class LVViT(VisionTransformer):
         logits = self.head(cls)
         if self.num_classes <= 0:
             return logits  # heads are identities: return the features as timm does
-        if x.shape[1] == self.num_prefix_tokens:
-            return logits  # every patch token pruned away: no aux term, as for a sample without real patches
         aux = self.aux_head(self.head_drop(x[:, self.num_prefix_tokens:]))
         if token_mask is None:
             return logits + self.aux_weight * aux.amax(dim=1)
