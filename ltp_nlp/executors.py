@@ -1,4 +1,6 @@
-"""Run a BERT-family encoder under a pruner, masked (training, dense shapes) or pruned (inference).
+"""Run a BERT-family encoder under a pruner, masked (training, dense shapes) or pruned (inference):
+the shared loops of :mod:`sttabt.executors.core` on the text adapter (:class:`sttabt.hosts.bert.BertAdapter`),
+and the dense (recording) pass of the scout and the teacher.
 
 Two kinds of pruner (DESIGN.md section 2):
 * *online* (LTP thresholds, top-k): decide after each layer's attention, from that attention. Pruned
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sttabt.executors import survival_order
+from sttabt.executors import core
+from sttabt.hosts.bert import BertAdapter
 
 from .host import (attention_logits, attention_output, feed_forward, key_bias, merge_heads, probs_dropout,
                    query_key_value)
@@ -80,74 +83,29 @@ def run_dense(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, *, re
 
 def run_online_masked(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, decide: Decide, *,
                       soft: bool) -> EncoderOutput:
-    """Online pruner, dense shapes. Hard: a token whose mask is 0 stops being a key; soft: the mask
-    multiplies the layer's output and every real token stays a key (the reference's soft stage)."""
-    live = valid.bool()
-    masks, counts = [], [live.sum(-1)]
-    for layer_index, layer in enumerate(layers):
-        x, probs, _ = masked_layer(layer, x, live)
-        mask = decide(layer_index, probs, live)
-        if soft:
-            x = x * mask.unsqueeze(-1)
-            counts.append((mask * valid).sum(-1))
-        else:
-            live = mask.bool() & live
-            counts.append(live.sum(-1))
-        masks.append(mask)
-    return EncoderOutput(x, torch.stack(counts).to(x.dtype), masks=tuple(masks))
+    """Online pruner, dense shapes (:func:`sttabt.executors.core.online_masked`). Hard: a token whose
+    mask is 0 stops being a key; soft: the mask multiplies the layer's output and every real token
+    stays a key (the reference's soft stage)."""
+    run = core.online_masked(BertAdapter(layers), x, decide, valid, soft=soft)
+    counts = (run.masks * valid.to(run.masks.dtype)).sum(-1)
+    return EncoderOutput(run.tokens, counts, masks=tuple(run.masks[1:]))
 
 
-def _pack(keep: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Indices (B, n) that move each row's kept tokens to the front, in order, and n = the largest count."""
-    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)
-    return order, int(keep.sum(-1).max())
-
-
-def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-@torch.no_grad()
 def run_online_pruned(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, decide: Decide) -> EncoderOutput:
-    """Online pruner, tokens removed: after each layer's attention the kept tokens are packed to the
-    front and the rest are dropped before the attention output and feed-forward (hard masks only)."""
-    order, n = _pack(valid.bool())
-    x, live = _take(x, order[:, :n]), valid.bool().gather(1, order[:, :n])
-    counts = [live.sum(-1)]
-    for layer_index, layer in enumerate(layers):
-        q, k, v = query_key_value(layer, x)
-        probs = (attention_logits(layer, q, k) + key_bias(live, q.dtype)).softmax(-1)
-        keep = decide(layer_index, probs, live).bool() & live
-        order, n = _pack(keep)
-        index = order[:, :n]
-        a = attention_output(layer, _take(merge_heads(probs @ v), index), _take(x, index))
-        x, live = feed_forward(layer, a), keep.gather(1, index)
-        counts.append(live.sum(-1))
-    return EncoderOutput(x, torch.stack(counts).to(x.dtype))
+    """Online pruner, tokens removed (:func:`sttabt.executors.core.online_pruned`, hard masks only)."""
+    run = core.online_pruned(BertAdapter(layers), x, decide, valid)
+    return EncoderOutput(run.tokens, run.masks.sum(-1))
 
 
 def run_planned_masked(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, plan: torch.Tensor
                        ) -> EncoderOutput:
     """Planned pruner, dense shapes: soft or 0/1 plan (L + 1, B, T)."""
-    for layer_index, layer in enumerate(layers):
-        y, _, _ = masked_layer(layer, x, valid, plan[layer_index])
-        x = x + plan[layer_index + 1].unsqueeze(-1) * (y - x)
-    return EncoderOutput(x, plan.sum(-1))
+    run = core.planned_masked(BertAdapter(layers), x, plan, valid)
+    return EncoderOutput(run.tokens, plan.sum(-1))
 
 
 @torch.no_grad()
 def run_planned_pruned(layers: nn.ModuleList, x: torch.Tensor, plan: torch.Tensor) -> EncoderOutput:
-    """Planned pruner, tokens removed: sorted once by how many sets each token belongs to, so every
-    layer's keys and outputs are prefixes; fused attention with a key padding mask."""
-    order, counts = survival_order(plan)
-    widest = counts.amax(-1).tolist()  # the one host sync
-    x = _take(x, order[:, : widest[0]])
-    position = torch.arange(widest[0], device=x.device)
-    for layer_index, layer in enumerate(layers):
-        n_in, n_out = widest[layer_index], widest[layer_index + 1]
-        x = x[:, :n_in]
-        q, k, v = query_key_value(layer, x, n_out)
-        keys = (position[:n_in] < counts[layer_index, :, None])[:, None, None, :]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
-        x = feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))
-    return EncoderOutput(x, counts.to(x.dtype))
+    """Planned pruner, tokens removed (:func:`sttabt.executors.core.planned_pruned`)."""
+    run = core.planned_pruned(BertAdapter(layers), x, plan)
+    return EncoderOutput(run.tokens, (plan > 0.5).sum(-1).to(x.dtype))

@@ -36,14 +36,23 @@ def thin_kwargs(host: VisionTransformer, factor: int) -> dict:
                          f"{host.blocks[0].attn.num_heads} heads; choose another factor")
     block = host.blocks[0]
     patch = host.patch_embed
+    norm = host.fc_norm if isinstance(host.norm, nn.Identity) else host.norm  # an avg head's norm is fc_norm
     kwargs = dict(
         img_size=tuple(patch.img_size), patch_size=tuple(patch.patch_size), in_chans=_in_chans(host),
         num_classes=host.num_classes, embed_dim=dim // factor, depth=len(host.blocks),
         num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim,
         qkv_bias=block.attn.qkv.bias is not None, class_token=True, global_pool="token",
-        norm_layer=functools.partial(type(host.norm), eps=host.norm.eps),
+        norm_layer=functools.partial(type(norm), eps=norm.eps),
         act_layer=type(block.mlp.act),
     )
+    # the same prefix tokens and pooling as the host: the scout's plan covers the host's tokens
+    if getattr(host, "num_reg_tokens", 0):
+        kwargs["reg_tokens"] = host.num_reg_tokens
+    if host.global_pool != "token":
+        kwargs.update(global_pool=host.global_pool, class_token=host.cls_token is not None,
+                      fc_norm=not isinstance(host.fc_norm, nn.Identity))
+    if getattr(host, "no_embed_class", False):
+        kwargs["no_embed_class"] = True
     extra = getattr(host, "thin_copy_kwargs", None)  # hosts with more knobs (LV-ViT's stem) add theirs
     if callable(extra):
         kwargs.update(extra(factor))
@@ -98,7 +107,7 @@ def interpolate_init_(student: nn.Module, teacher: nn.Module) -> None:
 
 # the parts of a thin copy that only distillation uses (the prediction loss needs the scout's output):
 # planning stops at the last layer's attention logits, which need only that block's norm1, q and k
-DISTILL_ONLY_TOP = ("norm", "fc_norm", "head", "aux_head")
+DISTILL_ONLY_TOP = ("norm", "fc_norm", "head", "head_dist", "aux_head")
 DISTILL_ONLY_LAST_BLOCK = ("attn.proj", "attn.norm", "ls1", "norm2", "mlp", "ls2")
 
 
@@ -130,6 +139,8 @@ def drop_distillation_keys(state: Mapping[str, Any], model: nn.Module) -> dict[s
     :class:`ApproxNet`) no longer has: old STTABT checkpoints and scout files load as before."""
     expected = model.state_dict()
     scout = model.scout if hasattr(model, "scout") else model
+    if scout is None:  # an online pruner's model has no scout
+        return dict(state)
     depth, base = len(scout.net.blocks), ("scout." if scout is not model else "")
     stale = tuple(f"{base}net.{p}." for p in distill_only_paths(depth)) + (f"{base}hidden_proj.",)
     return {k: v for k, v in state.items() if k in expected or not k.startswith(stale)}

@@ -13,6 +13,7 @@ from typing import Iterable
 
 import torch
 
+from .pruners.layout import DEFAULT_LAYOUT, TokenLayout
 from .pruners.masks import counts as plan_counts
 
 
@@ -30,12 +31,15 @@ def _batches(data) -> Iterable[torch.Tensor]:
         yield images
 
 
-def nested_counts(mean_counts: torch.Tensor, tokens: int) -> tuple[int, ...]:
-    """Rounded mean counts (L + 1,) made a static plan's: at most ``tokens``, non-increasing, the last 1."""
-    counts = mean_counts.double().round().long().clamp(1, tokens).tolist()
-    counts[-1] = 1
+def nested_counts(mean_counts: torch.Tensor, tokens: int, layout: TokenLayout = DEFAULT_LAYOUT) -> tuple[int, ...]:
+    """Rounded mean counts (L + 1,) made a static plan's: at most ``tokens``, non-increasing, the last 1
+    (``layout``: the prefix tokens, at least as many in every set; an ``avg`` head: the last two equal)."""
+    counts = mean_counts.double().round().long().clamp(max(1, layout.prefix), tokens).tolist()
+    counts[-1] = layout.prefix
     for layer in reversed(range(len(counts) - 1)):
         counts[layer] = max(counts[layer], counts[layer + 1])
+    if layout.averaged:
+        counts[-1] = counts[-2]
     return tuple(counts)
 
 
@@ -68,4 +72,5 @@ def calibrate(model, data, *, max_batches: int | None = None) -> tuple[int, ...]
     if not seen:
         raise ValueError("calibrate got no images: pass a tensor, a DataLoader or batches of images")
     mean = torch.cat((total.cpu() / seen, torch.ones(1, dtype=torch.float64)))
-    return pruner.set_static_counts(nested_counts(mean, model.num_tokens), model.num_tokens)
+    layout = model.layout
+    return pruner.set_static_counts(nested_counts(mean, model.num_tokens, layout), model.num_tokens, layout)

@@ -150,7 +150,7 @@ def load_teacher(model: nn.Module, checkpoint: str | os.PathLike | Mapping[str, 
     state = unwrap(checkpoint)
     state = lvvit_filter(state, host) if isinstance(host, LVViT) else vit_filter(dict(state), host)
     load_strict(host, state, f"{type(host).__name__} teacher", source)
-    if isinstance(model, STTABT) and reinit_scout:
+    if isinstance(model, STTABT) and reinit_scout and model.scout is not None:
         model.scout.reset_from(host)
     return model
 

@@ -6,7 +6,8 @@ GFLOPs of each image's own plan); :func:`time_variants` times each variant alter
 dense host; :func:`table` turns the totals into rows, dense first.
 
 GFLOPs follow :func:`sttabt.flops.sttabt_flops`: the pruned host plus the pass the pruner reads its
-attention from. For ``abt`` / ``manual`` / ``evit`` that is the scout; for the oracle ``abt_oracle``
+attention from. For ``abt`` / ``manual`` / ``evit_scout`` that is the scout; the online ``evit`` reads
+the host's own attention during its pass and has none; for the oracle ``abt_oracle``
 it is the host's own dense pass up to the last layer's attention, so the oracle's planning costs
 about as much as the dense model and its total is above the dense GFLOPs: it measures how good the
 scout's attention is, it is not a way to save compute. Rows name the planning pass and its GFLOPs.
@@ -24,7 +25,7 @@ from .pruners.masks import check_keep
 from .timing import per_second, time_alternately
 from .wrap import STTABT
 
-TRAINING_FREE = ("abt", "abt_oracle", "manual", "evit")
+TRAINING_FREE = ("abt", "abt_oracle", "manual", "evit_scout", "evit")
 DENSE = "dense"
 PERCENT = 100.0
 
@@ -73,6 +74,8 @@ def variants(base: STTABT, pruners: Sequence[str], keeps: Sequence[float]) -> li
 
 def planning_pass(model: STTABT) -> str:
     """What the pruner reads its attention from (counted in its GFLOPs)."""
+    if model.online:
+        return "none (online: the host's own attention)"
     if model.pruner.source == "actual":
         return "dense host pass (oracle)"
     return f"scout (factor {model.scout.factor})"
@@ -80,7 +83,9 @@ def planning_pass(model: STTABT) -> str:
 
 def planning_gflops(model: STTABT) -> float:
     """GFLOPs per image of that pass: the scout, or for the oracle the host itself, dense, up to the
-    last layer's attention scores (what :meth:`STTABT.plan` runs)."""
+    last layer's attention scores (what :meth:`STTABT.plan` runs); 0 for an online pruner."""
+    if model.online:
+        return 0.0
     reader = model.host if model.pruner.source == "actual" else model.scout.net
     return vit_flops(reader, head=False, last_mlp=False, last_attn_scores_only=True).total / GIGA
 

@@ -6,6 +6,9 @@ Each STTABT model is its dense host (any keyword timm accepts passes through: ``
 and interpolates the scout from them (:mod:`sttabt.pretrained`); ``pretrained_cfg_overlay=dict(file=...)``
 does the same from a local file, ``checkpoint_path=`` takes a saved STTABT model or a dense host file,
 ``features_only=True`` gives timm's feature extractor over :meth:`STTABT.forward_intermediates`.
+Host keywords choose the prefix tokens and pooling too: ``reg_tokens=4`` (register tokens),
+``global_pool='avg'`` (the head averages the kept patches); ``sttabt_deit_*_distilled`` wrap the
+distilled DeiTs (class and distillation tokens, their two heads averaged as timm does in eval).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .pretrained import sttabt_cfg
 from .wrap import STTABT, wrap
 from . import pretrained as _pretrained
 
-_WRAP_KWARGS = ("factor", "pruner", "p_logit", "keep", "budget", "scout_init")
+_WRAP_KWARGS = ("factor", "pruner", "p_logit", "keep", "budget", "scout_init", "threshold")
 DEFAULT_OUT_INDICES = 3  # features_only: the last three blocks, as for timm's ViTs
 
 # registered name -> dense host in timm
@@ -26,6 +29,9 @@ HOSTS = {
     "sttabt_deit_tiny": "deit_tiny_patch16_224",
     "sttabt_deit_small": "deit_small_patch16_224",
     "sttabt_deit_base": "deit_base_patch16_224",
+    "sttabt_deit_tiny_distilled": "deit_tiny_distilled_patch16_224",    # class + distillation token,
+    "sttabt_deit_small_distilled": "deit_small_distilled_patch16_224",  # two heads averaged
+    "sttabt_deit_base_distilled": "deit_base_distilled_patch16_224",
     "sttabt_lvvit_small": "lvvit_small",
     "sttabt_lvvit_medium": "lvvit_medium",
 }
@@ -35,6 +41,9 @@ SOURCES = {
     "sttabt_deit_tiny.fb_in1k": "deit_tiny_patch16_224.fb_in1k",
     "sttabt_deit_small.fb_in1k": "deit_small_patch16_224.fb_in1k",
     "sttabt_deit_base.fb_in1k": "deit_base_patch16_224.fb_in1k",
+    "sttabt_deit_tiny_distilled.fb_in1k": "deit_tiny_distilled_patch16_224.fb_in1k",
+    "sttabt_deit_small_distilled.fb_in1k": "deit_small_distilled_patch16_224.fb_in1k",
+    "sttabt_deit_base_distilled.fb_in1k": "deit_base_distilled_patch16_224.fb_in1k",
     "sttabt_lvvit_small.sail_in1k": "lvvit_small.sail_in1k",
     "sttabt_lvvit_medium.sail_in1k": "lvvit_medium.sail_in1k",
 }
@@ -85,6 +94,21 @@ def sttabt_deit_small(pretrained: bool = False, **kwargs) -> STTABT:
 @register_model
 def sttabt_deit_base(pretrained: bool = False, **kwargs) -> STTABT:
     return _create("sttabt_deit_base", pretrained, **kwargs)
+
+
+@register_model
+def sttabt_deit_tiny_distilled(pretrained: bool = False, **kwargs) -> STTABT:
+    return _create("sttabt_deit_tiny_distilled", pretrained, **kwargs)
+
+
+@register_model
+def sttabt_deit_small_distilled(pretrained: bool = False, **kwargs) -> STTABT:
+    return _create("sttabt_deit_small_distilled", pretrained, **kwargs)
+
+
+@register_model
+def sttabt_deit_base_distilled(pretrained: bool = False, **kwargs) -> STTABT:
+    return _create("sttabt_deit_base_distilled", pretrained, **kwargs)
 
 
 @register_model

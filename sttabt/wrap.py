@@ -9,9 +9,12 @@ from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from .approx import DEFAULT_FACTOR, ApproxNet
+from .executors.host import forward_head as host_forward_head
+from .executors.online import forward_online_masked, forward_online_pruned
 from .executors import HostOutput, check_host, forward_masked, forward_pruned, has_token_head, pruned_tokens
 from .inputs import check_depth, check_images, install_host_check
 from .pruners import PlannedPruner, create_pruner
+from .pruners.layout import TokenLayout, layout_of
 from .pruners.masks import check_budget
 
 EXECUTORS = ("masked", "pruned")
@@ -38,7 +41,7 @@ class STTABT(nn.Module):
       the model's ``budget`` or, when that is None, the pruner's default.
     """
 
-    def __init__(self, host: VisionTransformer, scout: ApproxNet, pruner: PlannedPruner,
+    def __init__(self, host: VisionTransformer, scout: ApproxNet | None, pruner: nn.Module,
                  budget: str | None = None):
         super().__init__()
         check_host(host)
@@ -47,6 +50,8 @@ class STTABT(nn.Module):
         self.scout = scout
         self.pruner = pruner
         self.budget = None if budget is None else check_budget(budget)
+        if scout is None and not self.online and pruner.source == "approx":
+            raise ValueError(f"{type(pruner).__name__} plans from a scout: pass an ApproxNet (sttabt.wrap builds one)")
         self.num_classes = host.num_classes
         self.pretrained_cfg = dict(getattr(host, "pretrained_cfg", {}) or {})
         self.default_cfg = self.pretrained_cfg
@@ -60,7 +65,18 @@ class STTABT(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        return self.host.patch_embed.num_patches + 1
+        """Tokens of the host's sequence: its prefix tokens (class, distillation, registers), then the patches."""
+        return self.host.patch_embed.num_patches + self.host.num_prefix_tokens
+
+    @property
+    def online(self) -> bool:
+        """True for a pruner that decides during the host's pass (``'ltp'``, ``'evit'``): no scout."""
+        return bool(getattr(self.pruner, "online", False))
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The host's prefix tokens (always kept) and pooling, which every pruner's plan follows."""
+        return layout_of(self.host)
 
     def _resolve(self, hard: bool | None, executor: str | None) -> tuple[bool, str]:
         hard = (not self.training) if hard is None else hard
@@ -76,7 +92,7 @@ class STTABT(nn.Module):
 
     def static_counts(self) -> tuple[int, ...]:
         """The ``L + 1`` token counts of every sample's plan under ``budget="static"``, as ints."""
-        counts = tuple(self.pruner.static_counts(self.num_tokens))
+        counts = tuple(self.pruner.static_counts(self.num_tokens, self.layout))
         if has_token_head(self.host):  # the last layer's input set feeds the token head (see ``plan``)
             counts = counts[:-1] + counts[-2:-1]
         return counts
@@ -86,6 +102,11 @@ class STTABT(nn.Module):
         """The pruner's (L + 1, B, T) plan for ``images`` and the scout output it was made from."""
         check_images(images, self.host)  # every forward plans first: one check for all of them
         budget = self._budget(budget)
+        if self.online:  # the plan an online pruner makes is known once the host has run
+            if budget == "static":
+                self.static_counts()  # says so when the pruner has none
+            _, masks = forward_online_masked(self.host, images, self.pruner, self.layout, soft=not hard)
+            return masks, None
         kind = self.pruner.attention
         if self.pruner.source == "actual":
             with torch.no_grad():
@@ -95,7 +116,7 @@ class STTABT(nn.Module):
             seen = scout = self.scout(images, attention=kind, scores_only=True)
         if not hard:  # soft masks keep every token partly: budgets (counts of hard sets) do not apply
             budget = "per_sample"
-        masks = self.pruner.plan(seen.attention, hard=hard, budget=budget)
+        masks = self.pruner.plan(seen.attention, hard=hard, budget=budget, layout=self.layout)
         if has_token_head(self.host):  # the token head reads every token the last layer takes in
             masks = torch.cat((masks[:-1], masks[-2:-1]))
         return masks, scout
@@ -103,6 +124,15 @@ class STTABT(nn.Module):
     def forward_detailed(self, images: torch.Tensor, *, hard: bool | None = None,
                          executor: str | None = None, budget: str | None = None) -> STTABTOutput:
         hard, executor = self._resolve(hard, executor)
+        if self.online:
+            check_images(images, self.host)
+            if self._budget(budget) == "static":
+                self.static_counts()  # says so when the pruner has none
+            if executor == "pruned":
+                logits, masks = forward_online_pruned(self.host, images, self.pruner, self.layout)
+            else:
+                logits, masks = forward_online_masked(self.host, images, self.pruner, self.layout, soft=not hard)
+            return STTABTOutput(logits, masks, None)
         masks, scout = self.plan(images, hard=hard, budget=budget)
         if executor == "pruned":
             counts = self.static_counts() if self._budget(budget) == "static" else None
@@ -122,10 +152,12 @@ class STTABT(nn.Module):
     # timm's model contract
     # ---------------------------------------------------------------------------------------------
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """New host head(s) for ``num_classes`` classes (0: the head returns the class token's feature).
-        The pooling stays ``'token'``: the pruners keep the class token for the head."""
-        if global_pool not in (None, "token"):
-            raise ValueError(f"STTABT classifies from the class token; global_pool={global_pool!r} is unsupported")
+        """New host head(s) for ``num_classes`` classes (0: the head returns the pooled feature).
+        The pooling stays the host's (the pruners' plans follow it)."""
+        if global_pool not in (None, self.host.global_pool):
+            raise ValueError(f"this STTABT model pools with global_pool={self.host.global_pool!r} (its plans keep the class "
+                             f"token for a token head, or the averaged tokens); global_pool={global_pool!r} is "
+                             "unsupported: wrap a host built with it instead")
         self.host.reset_classifier(num_classes, global_pool)
         self.num_classes = num_classes
 
@@ -152,11 +184,10 @@ class STTABT(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, token_mask: torch.Tensor | None = None
                      ) -> torch.Tensor:
-        """The host's head on ``forward_features`` output; ``token_mask`` (B, T): tokens a token head
-        (LV-ViT's) may read, e.g. ``forward_detailed(x).masks[-1]``; DeiT heads read the class token only."""
-        if has_token_head(self.host):
-            return self.host.forward_head(x, pre_logits=pre_logits, token_mask=token_mask)
-        return self.host.forward_head(x, pre_logits=pre_logits)
+        """The host's head on ``forward_features`` output; ``token_mask`` (B, T): the tokens kept, e.g.
+        ``forward_detailed(x).masks[-1]``, which a token head (LV-ViT's) reads and an ``avg`` head averages
+        (pass it for those, or dropped tokens count too); DeiT heads read the prefix tokens only."""
+        return host_forward_head(self.host, x, token_mask, pre_logits=pre_logits)
 
     def forward_intermediates(
         self,
@@ -199,13 +230,14 @@ class STTABT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (masked executor, training) to save memory."""
         self.host.set_grad_checkpointing(enable)
-        self.scout.net.set_grad_checkpointing(enable)
+        if self.scout is not None:
+            self.scout.net.set_grad_checkpointing(enable)
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups of the host for timm's layer-wise learning-rate decay. The scout (a network
         of its own) and the pruner's logits match no group, so they train at the full rate, with the head."""
         return dict(
-            stem=r"^host\.cls_token|^host\.pos_embed|^host\.reg_token|^host\.patch_embed",
+            stem=r"^host\.cls_token|^host\.pos_embed|^host\.reg_token|^host\.dist_token|^host\.patch_embed",
             blocks=[(r"^host\.blocks\.(\d+)", None), (r"^host\.norm", (99999,))],
         )
 
@@ -219,7 +251,8 @@ class STTABT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names to keep out of weight decay (timm's optimiser factory reads this)."""
         names = {f"host.{n}" for n in self.host.no_weight_decay()}
-        names |= {f"scout.net.{n}" for n in self.scout.net.no_weight_decay()}
+        if self.scout is not None:
+            names |= {f"scout.net.{n}" for n in self.scout.net.no_weight_decay()}
         names |= {n for n, _ in self.named_parameters() if n.startswith("pruner.")}
         return names
 
@@ -228,22 +261,28 @@ def wrap(
     model: VisionTransformer,
     *,
     factor: int = DEFAULT_FACTOR,
-    pruner: str | PlannedPruner = "concrete",
+    pruner: str | nn.Module = "concrete",
     p_logit: float = 0.0,
     keep: float | list[float] | None = None,
     budget: str | None = None,
     scout_init: str = "interpolate",
+    threshold: float | None = None,
 ) -> STTABT:
-    """Make any timm ``VisionTransformer`` with a class token an STTABT model.
+    """Make any timm ``VisionTransformer`` an STTABT model: a head on the class token (also DeiT's
+    distilled two heads) or averaging the patches (``global_pool='avg'``), with or without register
+    tokens. Prefix tokens are never dropped.
 
     ``factor``: the scout is ``factor`` times thinner; ``pruner``: a name from
     ``sttabt.pruners.PRUNERS`` or a pruner module; ``p_logit``: initial and target per-layer logit
     of the concrete pruner (target keep ratio ``sigmoid(p_logit)``); ``keep``: keep ratio (or one per
-    layer) of the top-k pruners; ``budget``: default batching mode (see :class:`STTABT`).
+    layer) of the top-k pruners; ``budget``: default batching mode (see :class:`STTABT`);
+    ``threshold``: the final token threshold of the ``'ltp'`` pruner. The online pruners (``'ltp'``,
+    ``'evit'``) read the host's own attention: such a model has no scout (``model.scout is None``).
     """
     check_host(model)
     check_depth(len(model.blocks))
     if isinstance(pruner, str):
-        pruner = create_pruner(pruner, len(model.blocks), p_logit=p_logit, keep=keep)
-    scout = ApproxNet(model, factor, init=scout_init)
+        pruner = create_pruner(pruner, len(model.blocks), p_logit=p_logit, keep=keep, threshold=threshold)
+    online = getattr(pruner, "online", False)
+    scout = None if online else ApproxNet(model, factor, init=scout_init)
     return STTABT(model, scout, pruner, budget)

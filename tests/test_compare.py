@@ -52,7 +52,7 @@ def _run(argv):
 def test_report_matches_independent_counts(tmp_path, image_folder):
     ckpt = _checkpoint(tmp_path, num_classes=10)
     out = tmp_path / "out"
-    keeps, pruners = [0.5, 0.8], ["abt", "abt_oracle", "manual", "evit"]
+    keeps, pruners = [0.5, 0.8], ["abt", "abt_oracle", "manual", "evit_scout", "evit"]
     _run(["--model", "sttabt_deit_tiny", "--data", str(image_folder), "--checkpoint", str(ckpt), "--keep", *map(str, keeps),
           "--pruners", *pruners, "--batch-size", "4", "--out", str(out), *FAST])
     for name in ("compare.json", "compare.csv", "compare.png", "compare.svg"):
@@ -94,7 +94,7 @@ def test_imagenet_sample(tmp_path):
     folder = shared_data("imagenet-sample")
     ckpt = _checkpoint(tmp_path)  # 1,000 classes
     _run(["--model", "sttabt_deit_tiny", "--data", str(folder), "--checkpoint", str(ckpt), "--limit", "4",
-          "--keep", "0.5", "--pruners", "abt", "evit", "--out", str(tmp_path / "out"), *FAST])
+          "--keep", "0.5", "--pruners", "abt", "evit_scout", "--out", str(tmp_path / "out"), *FAST])
     report = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert report["settings"]["layout"] == "imagenet-flat"
     assert [r["images"] for r in report["rows"]] == [4, 4, 4]
@@ -128,7 +128,7 @@ def test_limit_spreads_over_classes(image_folder):
 
 @pytest.mark.parametrize("argv, message", [
     (["--data", "/no/such/folder"], "not found"),
-    (["--pruners", "abt", "dynamicvit"], "unknown pruner 'dynamicvit': choose from abt, abt_oracle, manual, evit"),
+    (["--pruners", "abt", "dynamicvit"], "unknown pruner 'dynamicvit': choose from abt, abt_oracle, manual, evit_scout, evit"),
     (["--pruners", "concrete"], "unknown pruner"),
     (["--model", "sttabt_nope"], "unknown model"),
     (["--keep", "0.5", "0"], "keep ratio"),

@@ -18,7 +18,7 @@ def _calibrated():
 
 MODELS = {
     "abt": lambda: tiny(pruner="abt", keep=0.4, budget="static"),
-    "evit_lvvit": lambda: tiny("sttabt_lvvit_small", pruner="evit", keep=[1.0, 0.5, 0.3], budget="static"),
+    "evit_lvvit": lambda: tiny("sttabt_lvvit_small", pruner="evit_scout", keep=[1.0, 0.5, 0.3], budget="static"),
     "concrete": _calibrated,
 }
 

@@ -80,8 +80,8 @@ def test_bad_keep(keep, message):
 
 
 def test_registered_and_schedule():
-    assert "evit" in PRUNERS and "CLS attention" in PRUNERS["evit"]
-    pruner = create_pruner("evit", 12, keep=0.4)
+    assert "evit_scout" in PRUNERS and "CLS attention" in PRUNERS["evit_scout"]
+    pruner = create_pruner("evit_scout", 12, keep=0.4)
     assert isinstance(pruner, EViTPruner) and pruner.source == "approx" and pruner.attention == "probs"
     assert pruner.keep == manual_schedule(12, 0.4)
     with pytest.raises(ValueError, match="hard"):
@@ -95,7 +95,7 @@ def test_registered_and_schedule():
 @pytest.mark.parametrize("budget", ["per_sample", "fixed"])
 @pytest.mark.parametrize("batch", [1, 2, 7])
 def test_pruned_equals_masked_hard(name, source, budget, batch, images):
-    model = tiny(name, pruner="evit", budget=budget)
+    model = tiny(name, pruner="evit_scout", budget=budget)
     model.pruner = EViTPruner(model.depth, [1.0, 0.6, 0.4], source=source)
     x = images[:batch]
     with torch.no_grad():
@@ -108,7 +108,7 @@ def test_pruned_equals_masked_hard(name, source, budget, batch, images):
 
 
 def test_plan_reads_the_cls_row_of_the_scout(images):
-    model = tiny(pruner="evit", keep=[1.0, 0.5, 0.3])
+    model = tiny(pruner="evit_scout", keep=[1.0, 0.5, 0.3])
     with torch.no_grad():
         masks, _ = model.plan(images)
         attention = model.scout(images, attention="probs", scores_only=True).attention
@@ -116,6 +116,6 @@ def test_plan_reads_the_cls_row_of_the_scout(images):
 
 
 def test_nothing_pruned_equals_the_host(images):
-    model = sttabt.wrap(tiny().host, pruner="evit", keep=1.0).eval()
+    model = sttabt.wrap(tiny().host, pruner="evit_scout", keep=1.0).eval()
     with torch.no_grad():
         assert (model(images) - model.host(images)).abs().max() <= 1e-5

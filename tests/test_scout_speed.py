@@ -112,7 +112,7 @@ def test_fused_scout_gives_the_recorded_scout_attention(name, images):
             assert all((a - b).abs().max() < 1e-5 for a, b in zip(new.hidden, old.hidden))
 
 
-@pytest.mark.parametrize("pruner", ["abt", "evit", "manual"])
+@pytest.mark.parametrize("pruner", ["abt", "evit_scout", "manual"])
 @pytest.mark.parametrize("budget", ["fixed", "per_sample"])
 @pytest.mark.parametrize("batch", [1, 2, 7])
 def test_model_plans_are_those_of_the_old_path(pruner, budget, batch, images):

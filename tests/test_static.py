@@ -12,7 +12,7 @@ from conftest import tiny
 OPTIONS = {  # one ratio per layer for the forward pruners: their LTP schedule would not prune 3 layers
     "abt": dict(keep=0.4),
     "manual": dict(keep=[1.0, 0.6, 0.4]),
-    "evit": dict(keep=[1.0, 0.5, 0.3]),
+    "evit_scout": dict(keep=[1.0, 0.5, 0.3]),
     "concrete": dict(p_logit=0.5),
 }
 

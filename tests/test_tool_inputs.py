@@ -68,7 +68,7 @@ def test_measuring_tools_run_the_checkpoints_own_pruner(capsys, checkpoints, too
     assert retarget["pruner"] == "ConcretePruner" and retarget["p_logits"] == pytest.approx([0.25] * 3)
     rekeep = _json(capsys, tool.main, ["--checkpoint", checkpoints["abt"], "--keep", "0.7", *extra])
     assert rekeep["pruner_name"] == "abt" and rekeep["keep_schedule"] == pytest.approx([0.7] * 3)
-    other = _json(capsys, tool.main, ["--checkpoint", checkpoints["concrete"], "--pruner", "evit", *extra])
+    other = _json(capsys, tool.main, ["--checkpoint", checkpoints["concrete"], "--pruner", "evit_scout", *extra])
     assert other["pruner"] == "EViTPruner"
 
 

@@ -19,11 +19,12 @@ import torch
 
 from sttabt.pruners import PRUNERS, BacktrackPruner, ConcretePruner, ManualTopKPruner, create_pruner
 from sttabt.pruners.cls_topk import EViTPruner
+from sttabt.pruners.online import EViTOnlinePruner, LTPPruner
 from sttabt.registry import HOSTS
 
 DEFAULT_MODEL = "sttabt_deit_small"
 DEFAULT_FACTOR = 4
-TOPK_PRUNERS = ("abt", "abt_oracle", "manual", "evit")
+TOPK_PRUNERS = ("abt", "abt_oracle", "manual", "evit_scout", "evit")
 CLOSE_MATCHES = 5            # names suggested for an unknown --model
 CLOSE_CUTOFF = 0.6           # difflib similarity they need
 DEVICES = ("cpu", "cuda")
@@ -161,7 +162,11 @@ def pruner_kind(pruner) -> str:
     if isinstance(pruner, ManualTopKPruner):
         return "manual"
     if isinstance(pruner, EViTPruner):
+        return "evit_scout"
+    if isinstance(pruner, EViTOnlinePruner):
         return "evit"
+    if isinstance(pruner, LTPPruner):
+        return "ltp"
     return type(pruner).__name__
 
 
@@ -204,14 +209,14 @@ def _from_checkpoint(args: argparse.Namespace):
     the pruner :func:`checkpoint_pruner` chooses."""
     model = sttabt.create_from_checkpoint(args.checkpoint)
     arch = model.pretrained_cfg.get("architecture")
-    stored = {"--model": arch, "--factor": model.scout.factor,
+    stored = {"--model": arch, "--factor": None if model.scout is None else model.scout.factor,
               "--img-size": model.host.patch_embed.img_size[0], "--num-classes": model.num_classes}
     asked = {"--model": args.model, "--factor": args.factor, "--img-size": args.img_size,
              "--num-classes": args.num_classes}
     if args.model is not None and HOSTS.get(arch) == args.model:  # the host's own timm name: the same model
         asked["--model"] = arch
     for flag, value in asked.items():
-        if value is not None and value != stored[flag]:
+        if value is not None and stored[flag] is not None and value != stored[flag]:
             fail(f"{flag} {value} but the checkpoint holds {stored[flag]}; drop {flag} or pass {stored[flag]}")
     args.model, args.factor = stored["--model"], stored["--factor"]
     pruner = checkpoint_pruner(args, model)

@@ -4,7 +4,7 @@
     python tools/compare.py --model sttabt_deit_small --data ../shared/data/imagenet-sample \\
         --checkpoint runs/X/concrete/p_logit_0/model.pth --keep 0.3 0.5 0.7
     python tools/compare.py --model sttabt_deit_small --data /data/imagenet/val --limit 2000 \\
-        --teacher-checkpoint deit_small_patch16_224-cd65a155.pth --pruners abt evit --device cuda
+        --teacher-checkpoint deit_small_patch16_224-cd65a155.pth --pruners abt evit_scout evit --device cuda
 
 For each (pruner, keep): top-1 on the pruned executor with hard masks, the mean share of tokens the
 layers take in, GFLOPs per image (each image's own plan, the planning pass included: the scout, or

@@ -74,5 +74,7 @@ def forward_masked(
         if record:
             seen.append(scores)
             hidden.append(x)
-    token_mask = None if masks is None else masks[-1] > 0.5
+    token_mask = None
+    if masks is not None:  # an avg head averages with the (soft) weights of the last set
+        token_mask = masks[-1] if model.global_pool == "avg" else masks[-1] > 0.5
     return HostOutput(head(model, x, token_mask), tuple(seen), tuple(hidden), x)

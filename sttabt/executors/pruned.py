@@ -15,16 +15,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..hosts.timm_vit import TimmViTAdapter
 from .block import pruned_block
+from .core import planned_pruned, survival_order  # noqa: F401  (survival_order: re-exported)
 from .host import embed, head
-
-
-def survival_order(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort key of a hard plan: (B, T) token order and (L + 1, B) counts per set."""
-    kept = masks > 0.5
-    survive = kept.sum(0)                                   # sets each token belongs to
-    order = torch.argsort(survive, dim=-1, descending=True, stable=True)
-    return order, kept.sum(-1)
 
 
 def survival_index(masks: torch.Tensor) -> torch.Tensor:
@@ -57,17 +51,5 @@ def forward_pruned(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
         if len(counts) != masks.shape[0]:
             raise ValueError(f"need one count per set of the plan ({masks.shape[0]}), got {len(counts)}")
         return _forward_static(model, images, masks, [int(c) for c in counts])
-    x = embed(model, images)
-    order, counts = survival_order(masks)
-    widest = counts.amax(-1)
-    ragged = counts.amin(-1) != widest
-    widest, ragged = torch.stack((widest, ragged.long())).tolist()  # the one host sync
-    x = x.gather(1, order[:, : widest[0], None].expand(-1, -1, x.shape[-1]))
-    position = torch.arange(widest[0], device=x.device)
-    for layer, block in enumerate(model.blocks):
-        key_mask = None
-        if ragged[layer]:
-            key_mask = (position[: widest[layer]] < counts[layer, :, None])[:, None, None, :]
-        x = pruned_block(block, x, widest[layer + 1], key_mask)
-    token_mask = position[: widest[-1]] < counts[-1, :, None]
-    return head(model, x, token_mask)
+    run = planned_pruned(TimmViTAdapter(model), embed(model, images), masks)
+    return head(model, run.tokens, run.token_mask)

@@ -18,7 +18,8 @@ from typing import Sequence
 
 import torch
 
-from .masks import cls_one_hot, fill_to_count, keep_count, keep_counts, topk_mask
+from .layout import DEFAULT_LAYOUT, TokenLayout
+from .masks import fill_to_count, keep_count, keep_counts, topk_mask
 from .qk import QKAttention, kept_index, plan_inputs
 
 IMPACT_MIX = 0.1  # p: how much a query's own importance weighs its attention row
@@ -31,6 +32,7 @@ def backtrack_topk(
     budget: str = "per_sample",
     p: float = IMPACT_MIX,
     valid: torch.Tensor | None = None,
+    layout: TokenLayout = DEFAULT_LAYOUT,
 ) -> torch.Tensor:
     """Hard plan (L + 1, B, T) from head-averaged attention probabilities.
 
@@ -41,15 +43,24 @@ def backtrack_topk(
     ``max(ceil(k_l T), |O_{l+1}|)`` tokens, the same count for every sample.
     ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
     ``T`` above becomes each sample's real length (per-sample budget only).
+    ``layout``: the host's prefix tokens (in every set, not counted as patches, see
+    :class:`~sttabt.pruners.layout.TokenLayout`) and pooling: ``O_L`` is the prefix tokens, equal
+    weights; an ``"avg"`` head scores the last layer's keys from every query, equal weights, and
+    ``O_L = I_{L-1}``.
     """
     batch, tokens = plan_inputs(attn, keep, budget, valid)
     depth = len(attn)
     sparse = isinstance(attn, QKAttention)
     device, dtype = (attn.device, attn.dtype) if sparse else (attn[0].device, attn[0].dtype)
-    out = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
-    weight = out.to(dtype)  # impact weights w, zero outside O_{l+1}
+    floor = layout.always(batch, tokens, device=device)   # in every set
+    averaged = layout.averaged
+    if averaged:  # the query rows of the first step: every (valid) token
+        out = torch.ones_like(floor) if valid is None else floor | valid.bool()
+    else:
+        out = floor
+    weight = out.to(dtype) / out.sum(-1, keepdim=True)  # impact weights w (equal), zero outside O_{l+1}
     masks = [out]
-    n_out = 1  # |O_{l+1}|, the same for every sample under the fixed and static budgets without padding
+    n_out = tokens if averaged else layout.prefix  # |O_{l+1}|, the same for every sample (fixed / static, no padding)
     for layer in reversed(range(depth)):
         rows = out.to(weight.dtype) * (p * weight + 1 - p)
         if sparse:
@@ -60,44 +71,53 @@ def backtrack_topk(
         else:
             importance = torch.einsum("bq,bqk->bk", rows, attn[layer].to(weight.dtype))
         importance = importance / out.sum(-1, keepdim=True)
+        first_averaged = averaged and layer == depth - 1  # O_L is not known yet: it is I_{L-1}
+        union = floor if first_averaged else out
         if valid is not None:
-            score = importance.masked_fill(~valid, -math.inf)
-            kept = fill_to_count(score, torch.zeros_like(out), keep_counts(keep[layer], valid)) | out
+            score = layout.compete(importance.masked_fill(~valid, -math.inf))
+            kept = fill_to_count(score, torch.zeros_like(out), keep_counts(keep[layer], valid)) | union
         elif budget == "per_sample":
-            kept = topk_mask(importance, keep_count(keep[layer], tokens)) | out
+            kept = topk_mask(layout.compete(importance), layout.topk_count(keep[layer], tokens)) | union
         else:
-            n_out = max(n_out, keep_count(keep[layer], tokens))
-            count = out.sum(-1).clamp(min=keep_count(keep[layer], tokens))
-            kept = fill_to_count(importance, out, count)
-        weight = importance * kept
+            n_out = (0 if first_averaged else n_out)
+            n_out = max(n_out, layout.count(keep[layer], tokens))
+            count = union.sum(-1).clamp(min=layout.count(keep[layer], tokens))
+            kept = fill_to_count(importance, union, count)
+        if first_averaged:
+            weight = kept.to(weight.dtype)  # O_L = I_{L-1}: every token the last layer keeps, equal weights
+            masks[0] = kept
+        else:
+            weight = importance * kept
         weight = weight / weight.sum(-1, keepdim=True).clamp_min(torch.finfo(weight.dtype).tiny)
         out = kept
         masks.append(out)
     return torch.stack(masks[::-1]).to(dtype)
 
 
-def forward_topk(attn: Sequence[torch.Tensor], keep: Sequence[float]) -> torch.Tensor:
+def forward_topk(attn: Sequence[torch.Tensor], keep: Sequence[float], *,
+                 layout: TokenLayout = DEFAULT_LAYOUT) -> torch.Tensor:
     """Hard plan from a hand-set schedule, selecting forwards (no back-tracking).
 
-    Layer 0 takes in every token. Layer ``l`` outputs CLS plus the tokens of its input set that
-    receive the most attention from that set's queries at layer ``l``, ``ceil(keep[l + 1] * T)``
-    tokens in all; the last layer outputs CLS only. Counts are the same for every sample. This is
-    the "manual top-k" baseline that back-tracking is compared with.
+    Layer 0 takes in every token. Layer ``l`` outputs the prefix tokens (CLS) plus the tokens of its
+    input set that receive the most attention from that set's queries at layer ``l``,
+    ``ceil(keep[l + 1] * T)`` tokens in all (see ``layout``); the last layer outputs the prefix only
+    (an ``"avg"`` head: every token it takes in). Counts are the same for every sample. This is the
+    "manual top-k" baseline that back-tracking is compared with.
     """
     depth = len(attn)
     if len(keep) != depth:
         raise ValueError(f"need one keep ratio per layer ({depth}), got {len(keep)}")
     batch, tokens, _ = attn[0].shape
     device = attn[0].device
-    cls = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
+    floor = layout.always(batch, tokens, device=device)
     current = torch.ones(batch, tokens, dtype=torch.bool, device=device)
     masks = [current]
     for layer in range(depth - 1):
         rows = current.to(attn[layer].dtype)
         received = torch.einsum("bq,bqk->bk", rows, attn[layer]) / rows.sum(-1, keepdim=True)
         received = received.masked_fill(~current, float("-inf"))
-        count = torch.minimum(current.sum(-1), torch.full_like(current.sum(-1), keep_count(keep[layer + 1], tokens)))
-        current = fill_to_count(received, cls, count)
+        count = torch.minimum(current.sum(-1), torch.full_like(current.sum(-1), layout.count(keep[layer + 1], tokens)))
+        current = fill_to_count(received, floor, count)
         masks.append(current)
-    masks.append(cls)
+    masks.append(current if layout.averaged else floor)
     return torch.stack(masks).to(attn[0].dtype)

@@ -27,7 +27,8 @@ from typing import Sequence
 
 import torch
 
-from .masks import CLS_INDEX, check_plan_inputs, cls_one_hot, fill_to_count, forward_counts, keep_count, keep_counts
+from .layout import DEFAULT_LAYOUT, TokenLayout
+from .masks import CLS_INDEX, fill_to_count, forward_counts, keep_counts
 from .pruners import PlannedPruner, keep_schedule
 from .qk import QKAttention, plan_inputs
 
@@ -46,6 +47,7 @@ def cls_topk(
     *,
     budget: str = "fixed",
     valid: torch.Tensor | None = None,
+    layout: TokenLayout = DEFAULT_LAYOUT,
 ) -> torch.Tensor:
     """Hard plan (L + 1, B, T) from head-averaged attention probabilities (see the module notes).
 
@@ -54,22 +56,26 @@ def cls_topk(
     Without ``valid`` every sample keeps the same counts, so both budgets give the same plan.
     ``valid``: optional (B, T) bool of real tokens (text with padding): padding is never kept and
     ``T`` becomes each sample's real length; needs ``budget="per_sample"``.
+    ``layout``: the host's prefix tokens (always kept, not counted) and pooling (an ``"avg"`` head:
+    the last layer outputs every token it takes in); the class token must be token 0.
     """
+    if layout.prefix < 1:
+        raise ValueError("EViT ranks tokens by the class token's attention: the host needs a class token")
     batch, tokens = plan_inputs(attn, keep, budget, valid)
     depth = len(attn)
     device, dtype = (attn.device, attn.dtype) if isinstance(attn, QKAttention) else (attn[0].device, attn[0].dtype)
-    cls = cls_one_hot(batch, tokens, device=device, dtype=torch.bool)
+    cls = layout.always(batch, tokens, device=device)
     alive = torch.ones(batch, tokens, dtype=torch.bool, device=device) if valid is None else valid | cls
     masks = [alive]
     for layer in range(1, depth):
         score = _cls_rows(attn, layer - 1).masked_fill(~alive, -math.inf)
         if valid is None:
-            wanted = torch.full((batch,), keep_count(keep[layer], tokens), dtype=torch.long, device=device)
+            wanted = torch.full((batch,), layout.count(keep[layer], tokens), dtype=torch.long, device=device)
         else:
             wanted = keep_counts(keep[layer], valid)
         alive = fill_to_count(score, cls, torch.minimum(alive.sum(-1), wanted))
         masks.append(alive)
-    masks.append(cls)
+    masks.append(alive if layout.averaged else cls)
     return torch.stack(masks).to(dtype)
 
 
@@ -87,12 +93,13 @@ class EViTPruner(PlannedPruner):
         self.source = source
         self.keep = keep_schedule(keep, depth)
 
-    def plan(self, attention, *, hard=True, budget=None, valid=None):
+    def plan(self, attention, *, hard=True, budget=None, valid=None, layout=None):
         self._hard_only(hard)
-        return cls_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid)
+        return cls_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid,
+                        layout=layout or DEFAULT_LAYOUT)
 
-    def static_counts(self, tokens: int) -> tuple[int, ...]:
-        return forward_counts(self.keep, tokens)  # every budget keeps these counts (without padding)
+    def static_counts(self, tokens: int, layout=None) -> tuple[int, ...]:
+        return forward_counts(self.keep, tokens, layout)  # every budget keeps these counts (without padding)
 
     def extra_repr(self) -> str:
         return f"source={self.source}, keep={[round(k, 3) for k in self.keep]}"

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from .masks import check_budget, cls_one_hot, fill_to_count, keep_ratio_per_layer
+from .layout import DEFAULT_LAYOUT, TokenLayout
+from .masks import check_budget, fill_to_count, keep_ratio_per_layer
 
 TEMPERATURE = 0.1      # tau of the Concrete relaxation
 IMPACT_MIX = 0.1       # p: weight of a query's own score in its attention row
@@ -74,6 +75,7 @@ def concrete_masks(
     tau: float = TEMPERATURE,
     p: float = IMPACT_MIX,
     counts: Sequence[int] | None = None,
+    layout: TokenLayout = DEFAULT_LAYOUT,
 ) -> torch.Tensor:
     """Plan (L + 1, B, T) of soft (``hard=False``) or 0/1 masks, nested, CLS always kept.
 
@@ -88,6 +90,10 @@ def concrete_masks(
     ``budget="static"`` (hard only) keeps ``counts[l]`` tokens in ``masks[l]`` for every sample, chosen
     by the relaxed mask value (ties: lower index), the next layer's set always included: batch-invariant.
     ``counts``: ``L + 1`` non-increasing ints (``counts[L]`` is 1, CLS), e.g. from :func:`sttabt.calibrate`.
+    ``layout``: the host's prefix tokens (``m_L = c`` = one on each, always kept) and pooling; with an
+    ``"avg"`` head the last layer's keys are scored from every (valid) query with equal weights
+    (``m_{L} = c = 1``), its mask is nested over the prefix only, and ``m_L = m_{L-1}`` (the head
+    averages what the last layer keeps).
     """
     check_budget(budget)
     if budget != "per_sample" and not hard:
@@ -102,9 +108,10 @@ def concrete_masks(
     batch, _, tokens, _ = logits[0].shape
     dtype = p_logits.dtype if p_logits.is_floating_point() else torch.float32
     validf = torch.ones(batch, tokens, device=logits[0].device, dtype=dtype) if valid is None else valid.to(dtype)
-    cls = cls_one_hot(batch, tokens, device=logits[0].device, dtype=dtype)
-    score = cls  # c: the previous layer's scores, starting at one-hot(CLS)
-    out = cls    # soft m_{l+1}
+    cls = layout.always(batch, tokens, device=logits[0].device, dtype=dtype)
+    averaged = layout.averaged
+    score = torch.maximum(validf, cls) if averaged else cls  # c: the previous layer's scores
+    out = score  # soft m_{l+1} (for an avg head's first step: every query, equal weights)
     kept = cls.bool()  # hard m_{l+1}
     soft_masks, hard_masks = [out], [kept]
     for layer in reversed(range(depth)):
@@ -115,7 +122,8 @@ def concrete_masks(
         s = (SCORE_FLOOR + (1 - SCORE_FLOOR) * s) * validf
         score = s
         relaxed = torch.sigmoid((p_logits[layer] + torch.logit(s, eps=LOGIT_EPS)) / tau) * validf
-        out = torch.maximum(relaxed, out)
+        first_averaged = averaged and layer == depth - 1
+        out = torch.maximum(relaxed, cls if first_averaged else out)
         soft_masks.append(out)
         if hard:
             keep = out >= HARD_THRESHOLD
@@ -127,6 +135,10 @@ def concrete_masks(
                 keep = fill_to_count(relaxed, kept, count)
             kept = keep
             hard_masks.append(kept)
+        if first_averaged:  # m_L = m_{L-1}
+            soft_masks[0] = out
+            if hard:
+                hard_masks[0] = kept
     if hard:
         return torch.stack(hard_masks[::-1]).to(dtype)
     return torch.stack(soft_masks[::-1])

@@ -58,22 +58,33 @@ def check_static_counts(counts, tokens: int, depth: int) -> tuple[int, ...]:
     return counts
 
 
-def backward_counts(keep, tokens: int) -> tuple[int, ...]:
+def backward_counts(keep, tokens: int, layout=None) -> tuple[int, ...]:
     """Static counts of a back-tracking plan: ``masks[L]`` is CLS only, ``masks[l]`` holds
-    ``max(ceil(k_l * T), |masks[l + 1]|)`` tokens (the union with the next layer's set)."""
-    counts = [1]
+    ``max(ceil(k_l * T), |masks[l + 1]|)`` tokens (the union with the next layer's set); the counts
+    of ``layout`` (:class:`~sttabt.pruners.layout.TokenLayout`: prefix tokens, an ``avg`` head's
+    ``masks[L] == masks[L - 1]``) when given."""
+    from .layout import DEFAULT_LAYOUT
+
+    layout = layout or DEFAULT_LAYOUT
+    counts = [layout.prefix]
     for ratio in reversed(keep):
-        counts.append(max(keep_count(ratio, tokens), counts[-1]))
+        counts.append(max(layout.count(ratio, tokens), counts[-1]))
+    if layout.averaged:
+        counts[0] = counts[1] = layout.count(keep[-1], tokens)
     return tuple(counts[::-1])
 
 
-def forward_counts(keep, tokens: int) -> tuple[int, ...]:
+def forward_counts(keep, tokens: int, layout=None) -> tuple[int, ...]:
     """Static counts of a forward-selecting plan: ``masks[0]`` is every token, ``masks[l]`` holds
-    ``min(ceil(k_l * T), |masks[l - 1]|)`` tokens, ``masks[L]`` is CLS only."""
+    ``min(ceil(k_l * T), |masks[l - 1]|)`` tokens, ``masks[L]`` is CLS only (see ``layout``, as in
+    :func:`backward_counts`)."""
+    from .layout import DEFAULT_LAYOUT
+
+    layout = layout or DEFAULT_LAYOUT
     counts = [int(tokens)]
     for ratio in keep[1:]:
-        counts.append(min(keep_count(ratio, tokens), counts[-1]))
-    return tuple(counts + [1])
+        counts.append(min(layout.count(ratio, tokens), counts[-1]))
+    return tuple(counts + [layout.last_count(counts[-1])])
 
 
 def cls_one_hot(batch: int, tokens: int, *, device=None, dtype=torch.float32) -> torch.Tensor:

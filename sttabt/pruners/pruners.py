@@ -18,6 +18,7 @@ from torch import nn
 
 from .backtrack import backtrack_topk, forward_topk
 from .concrete import KEEP_LAMBDA_VISION, concrete_masks, concrete_regulariser
+from .layout import DEFAULT_LAYOUT, TokenLayout
 from .masks import backward_counts, check_budget, check_keep, check_static_counts, forward_counts
 
 LTP_FULL_LAYERS_MIN = 3       # manual schedule: at least this many leading layers keep everything,
@@ -27,18 +28,20 @@ LTP_FULL_LAYERS_SHARE = 0.15  # or this share of the depth, whichever is more
 class PlannedPruner(nn.Module):
     """Base class: ``plan(attention, hard=..., budget=..., valid=None) -> (L + 1, B, T)`` masks."""
 
+    online = False              # planned: decides every layer before the host runs
     attention = "probs"         # which attention form ``plan`` reads: "logits" or "probs"
     source = "approx"           # whose attention the plan reads: "approx" (scout) or "actual" (host)
     default_budget = "fixed"    # batching mode used when the caller does not choose one (see masks.BUDGETS)
     trainable = False           # True when the plan is differentiable (soft masks)
 
     def plan(self, attention: Sequence[torch.Tensor], *, hard: bool = True, budget: str | None = None,
-             valid: torch.Tensor | None = None) -> torch.Tensor:
+             valid: torch.Tensor | None = None, layout: TokenLayout | None = None) -> torch.Tensor:
+        """``layout``: the host's prefix tokens and pooling (default: one class token, a token head)."""
         raise NotImplementedError
 
-    def static_counts(self, tokens: int) -> tuple[int, ...]:
+    def static_counts(self, tokens: int, layout: TokenLayout | None = None) -> tuple[int, ...]:
         """The ``L + 1`` token counts every sample keeps under ``budget="static"`` (plain ints, known
-        before any data is seen: static shapes)."""
+        before any data is seen: static shapes), for a host of ``layout``."""
         raise NotImplementedError(f"{type(self).__name__} has no static budget")
 
     def _hard_only(self, hard: bool) -> None:
@@ -66,17 +69,20 @@ class ConcretePruner(PlannedPruner):
         self.register_buffer("calibrated_counts", torch.zeros(depth + 1, dtype=torch.long))
         self._counts: tuple[int, ...] | None = None  # the buffer as ints (shapes must not read tensors)
 
-    def set_static_counts(self, counts, tokens: int) -> tuple[int, ...]:
-        """Store calibrated static counts (``L + 1`` non-increasing ints, the last one 1)."""
+    def set_static_counts(self, counts, tokens: int, layout: TokenLayout | None = None) -> tuple[int, ...]:
+        """Store calibrated static counts (``L + 1`` non-increasing ints, the last one 1: CLS; for other
+        ``layout``s the prefix tokens, or for an ``avg`` head the one before)."""
+        layout = layout or DEFAULT_LAYOUT
         counts = check_static_counts(counts, tokens, self.p_logits.numel())
-        if counts[-1] != 1:
-            raise ValueError(f"the last layer outputs CLS only: the last static count must be 1, got {counts[-1]}")
+        if counts[-1] != layout.last_count(counts[-2]) or counts[-1] < layout.prefix:
+            raise ValueError(f"the last layer outputs the prefix tokens only (an avg head: the tokens it takes in): "
+                             f"the last static count must be {layout.last_count(counts[-2])}, got {counts[-1]}")
         with torch.no_grad():
             self.calibrated_counts.copy_(torch.tensor(counts))
         self._counts = counts
         return counts
 
-    def static_counts(self, tokens: int) -> tuple[int, ...]:
+    def static_counts(self, tokens: int, layout: TokenLayout | None = None) -> tuple[int, ...]:
         if self._counts is None:
             raise ValueError("the concrete pruner's static budget needs calibrated counts: call "
                              "sttabt.calibrate(model, images) on a few batches of real data first "
@@ -102,10 +108,11 @@ class ConcretePruner(PlannedPruner):
         with torch.no_grad():
             self.p_logits.fill_(value)
 
-    def plan(self, attention, *, hard=True, budget=None, valid=None):
+    def plan(self, attention, *, hard=True, budget=None, valid=None, layout=None):
         budget = budget or self.default_budget
         counts = self.static_counts(attention[0].shape[-1]) if budget == "static" else None
-        return concrete_masks(attention, self.p_logits, hard=hard, budget=budget, valid=valid, counts=counts)
+        return concrete_masks(attention, self.p_logits, hard=hard, budget=budget, valid=valid, counts=counts,
+                              layout=layout or DEFAULT_LAYOUT)
 
     def regulariser(self, soft_masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return concrete_regulariser(self.p_logits, soft_masks, self.target_p_logit,
@@ -134,12 +141,13 @@ class BacktrackPruner(PlannedPruner):
         self.source = source
         self.keep = _schedule(keep, depth)
 
-    def plan(self, attention, *, hard=True, budget=None, valid=None):
+    def plan(self, attention, *, hard=True, budget=None, valid=None, layout=None):
         self._hard_only(hard)
-        return backtrack_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid)
+        return backtrack_topk(attention, self.keep, budget=budget or self.default_budget, valid=valid,
+                              layout=layout or DEFAULT_LAYOUT)
 
-    def static_counts(self, tokens: int) -> tuple[int, ...]:
-        return backward_counts(self.keep, tokens)  # what the "fixed" budget keeps too
+    def static_counts(self, tokens: int, layout=None) -> tuple[int, ...]:
+        return backward_counts(self.keep, tokens, layout)  # what the "fixed" budget keeps too
 
     def extra_repr(self) -> str:
         return f"source={self.source}, keep={self.keep}"
@@ -167,13 +175,13 @@ class ManualTopKPruner(PlannedPruner):
         super().__init__()
         self.keep = keep_schedule(keep, depth)
 
-    def plan(self, attention, *, hard=True, budget=None, valid=None):
+    def plan(self, attention, *, hard=True, budget=None, valid=None, layout=None):
         self._hard_only(hard)
         check_budget(budget or self.default_budget)  # counts are equal across the batch either way
-        return forward_topk(attention, self.keep)
+        return forward_topk(attention, self.keep, layout=layout or DEFAULT_LAYOUT)
 
-    def static_counts(self, tokens: int) -> tuple[int, ...]:
-        return forward_counts(self.keep, tokens)  # every budget keeps these counts
+    def static_counts(self, tokens: int, layout=None) -> tuple[int, ...]:
+        return forward_counts(self.keep, tokens, layout)  # every budget keeps these counts
 
     def extra_repr(self) -> str:
         return f"keep={[round(k, 3) for k in self.keep]}"
@@ -184,18 +192,30 @@ PRUNERS = {
     "abt": "attention back-tracking top-k on the scout's approximated attention (training-free)",
     "abt_oracle": "attention back-tracking top-k on the host's actual attention (needs a dense pass)",
     "manual": "hand-set per-layer top-k schedule, tokens chosen forwards by received attention",
-    "evit": "EViT-style top-k on the CLS attention of the scout (training-free)",
+    "evit_scout": "EViT-style top-k on the CLS attention of the scout, planned (training-free)",
+    "evit": "EViT: top-k on the host's own CLS attention, decided online after each layer (training-free)",
+    "ltp": "LTP: learned per-layer thresholds on the attention a token receives, online (trained)",
 }
+ONLINE = ("evit", "ltp")  # decide during the host's pass, from its own attention: no scout
 
 
 def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
-                  keep: float | Sequence[float] | None = None) -> PlannedPruner:
-    """Build a pruner by name (see ``PRUNERS``); ``keep`` defaults to 0.5 for the top-k pruners."""
+                  keep: float | Sequence[float] | None = None, threshold: float | None = None) -> nn.Module:
+    """Build a pruner by name (see ``PRUNERS``); ``keep`` defaults to 0.5 for the top-k pruners;
+    ``threshold``: LTP's final token threshold (the last layer's, before learning)."""
+    if threshold is not None and name != "ltp":
+        raise ValueError(f"threshold is LTP's final token threshold: it needs pruner='ltp', not {name!r}")
     if name == "concrete":
         if keep is not None:
             raise ValueError("the concrete pruner sets its keep ratio through p_logit (target sigmoid(p_logit)), "
                              "not keep; use a top-k pruner ('abt', 'abt_oracle', 'manual', 'evit') for a keep ratio")
         return ConcretePruner(depth, p_logit)
+    if name == "ltp":
+        from .online import DEFAULT_FINAL_THRESHOLD, LTPPruner
+
+        if keep is not None:
+            raise ValueError("the ltp pruner keeps what reaches its learned thresholds: set threshold=..., not keep")
+        return LTPPruner(depth, DEFAULT_FINAL_THRESHOLD if threshold is None else threshold)
     keep = 0.5 if keep is None else keep
     if name == "abt":
         return BacktrackPruner(depth, keep, source="approx")
@@ -203,8 +223,12 @@ def create_pruner(name: str, depth: int, *, p_logit: float = 0.0,
         return BacktrackPruner(depth, keep, source="actual")
     if name == "manual":
         return ManualTopKPruner(depth, keep)
-    if name == "evit":
+    if name == "evit_scout":
         from .cls_topk import EViTPruner  # cls_topk builds on this module's base class
 
         return EViTPruner(depth, keep, source="approx")
+    if name == "evit":
+        from .online import EViTOnlinePruner
+
+        return EViTOnlinePruner(depth, keep)
     raise ValueError(f"unknown pruner {name!r}: choose one of {', '.join(PRUNERS)}")

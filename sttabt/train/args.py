@@ -15,8 +15,13 @@ from .checks import check_flags
 DEFAULT_P_LOGITS = "-1.5 -1.0 -0.5 0.0 1.0"
 
 
-def parse_p_logits(text: str | list | tuple | float) -> list[float]:
-    """``"-1.5 -1.0, 0"`` (or a YAML list) -> ``[-1.5, -1.0, 0.0]``; anything else is refused."""
+DEFAULT_THRESHOLDS = "0.01"
+
+
+def parse_p_logits(text: str | list | tuple | float, flag: str = "--p-logits",
+                   example: str = DEFAULT_P_LOGITS) -> list[float]:
+    """``"-1.5 -1.0, 0"`` (or a YAML list) -> ``[-1.5, -1.0, 0.0]``; anything else is refused.
+    ``flag`` and ``example`` name another list of numbers in the messages (``--thresholds``)."""
     if isinstance(text, (int, float)):
         items = [text]
     elif isinstance(text, (list, tuple)):
@@ -30,15 +35,15 @@ def parse_p_logits(text: str | list | tuple | float) -> list[float]:
         try:
             value = float(item)
         except (TypeError, ValueError):
-            raise ValueError(f"--p-logits must be numbers separated by spaces or commas, e.g. "
-                             f"\"{DEFAULT_P_LOGITS}\"; {item!r} is not a number") from None
+            raise ValueError(f"{flag} must be numbers separated by spaces or commas, e.g. "
+                             f"\"{example}\"; {item!r} is not a number") from None
         if not math.isfinite(value):
-            raise ValueError(f"--p-logits must be finite numbers, got {item!r}")
+            raise ValueError(f"{flag} must be finite numbers, got {item!r}")
         values.append(value)
     if not values:
-        raise ValueError(f"--p-logits is empty; give at least one value, e.g. \"{DEFAULT_P_LOGITS}\"")
+        raise ValueError(f"{flag} is empty; give at least one value, e.g. \"{example}\"")
     if len(set(values)) != len(values):
-        raise ValueError(f"--p-logits repeats a value: {values}")
+        raise ValueError(f"{flag} repeats a value: {values}")
     return values
 
 
@@ -103,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dense-control", action="store_true",
                    help="also fine-tune the dense teacher like the concrete stage (same epochs, lr and KD, no "
                         "masks) and report it next to the concrete rows")
+    g = p.add_argument_group("LTP (--pruner ltp: learned thresholds, no scout; see sttabt.train.ltp)")
+    g.add_argument("--pruner", default="concrete", choices=["concrete", "ltp"],
+                   help="concrete: STTABT (scout + concrete masks, one model per --p-logits value); ltp: learned "
+                        "token pruning, a soft (--epochs, --lr) then a hard stage per --thresholds value")
+    g.add_argument("--thresholds", nargs="+", default=[DEFAULT_THRESHOLDS],
+                   help="LTP final token thresholds, one model each (a uniform attention map scores 1 / T)")
+    g.add_argument("--ltp-temperature", type=float, default=1e-3, help="T of LTP's soft masks")
+    g.add_argument("--ltp-lambda", type=float, default=0.1, help="weight of LTP's sum_l mean(mask_l)")
+    g.add_argument("--hard-epochs", type=int, default=5, help="epochs of LTP's hard stage (thresholds frozen)")
+    g.add_argument("--hard-lr", type=float, default=1e-5, help="peak learning rate of LTP's hard stage")
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     g.add_argument("--total-batch-size", type=int, default=512,
@@ -161,6 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.set_defaults(**load_config(first.config, parser))
     args = parser.parse_args(argv)
     args.p_logits = parse_p_logits(args.p_logits)
+    args.thresholds = parse_p_logits(args.thresholds, "--thresholds", DEFAULT_THRESHOLDS)
     check_flags(args)
     if args.dataset == "digits" and args.data_path and not os.environ.get("IMAGENET_ROOT") == args.data_path:
         raise ValueError("--dataset digits reads scikit-learn's bundled digits; drop --data-path")

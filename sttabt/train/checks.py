@@ -10,16 +10,16 @@ import torch
 
 POSITIVE_INTS = ("batch_size", "total_batch_size", "factor", "img_size")
 NON_NEGATIVE_INTS = ("epochs", "warmup_epochs", "approx_epochs", "teacher_epochs", "teacher_warmup_epochs",
-                     "max_train_images", "max_val_images", "workers", "save_every")
-LEARNING_RATES = ("lr", "min_lr", "teacher_lr", "approx_lr")
+                     "max_train_images", "max_val_images", "workers", "save_every", "hard_epochs")
+LEARNING_RATES = ("lr", "min_lr", "teacher_lr", "approx_lr", "hard_lr")
 NON_NEGATIVE_FLOATS = ("weight_decay", "teacher_weight_decay", "approx_clip_grad", "kd_weight", "mixup",
-                       "cutmix", "drop_path")
+                       "cutmix", "drop_path", "ltp_lambda")
 PROBABILITIES = ("reprob", "mixup_prob", "mixup_switch_prob", "smoothing", "hflip", "model_ema_decay",
                  "color_jitter")
 # keyword arguments of the model that other flags (or the data) set
 SET_BY_FLAGS = {"img_size": "--img-size", "num_classes": "the number of classes of the data",
-                "drop_path_rate": "--drop-path", "factor": "--factor", "pruner": "(always concrete)",
-                "p_logit": "--p-logits"}
+                "drop_path_rate": "--drop-path", "factor": "--factor", "pruner": "--pruner",
+                "p_logit": "--p-logits", "threshold": "--thresholds"}
 WRAP_KWARGS = ("keep", "budget", "scout_init")
 POSITIVE_MODEL_KWARGS = ("depth", "embed_dim", "num_heads", "patch_size", "mlp_ratio", "in_chans")
 
@@ -57,6 +57,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.total_batch_size % args.batch_size:
         raise ValueError(f"--total-batch-size {args.total_batch_size} is not a multiple of --batch-size "
                          f"{args.batch_size}")
+    if not args.ltp_temperature > 0:
+        raise ValueError(f"--ltp-temperature must be > 0, got {args.ltp_temperature}")
+    if min(args.thresholds) < 0:
+        raise ValueError(f"--thresholds must be >= 0 (attention a token receives), got {args.thresholds}")
     if args.warmup_epochs > args.epochs:
         raise ValueError(f"--warmup-epochs {args.warmup_epochs} exceeds --epochs {args.epochs}")
 

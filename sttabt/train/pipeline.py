@@ -10,6 +10,7 @@ import yaml
 from ..checkpoint import atomic_write, load_teacher
 from .stages import SCOUT_WEIGHTS, TEACHER_WEIGHTS, Run, approx_stage, concrete_stage, dense_control_stage, finished, \
     load_scout, teacher_stage
+from .ltp import ltp_folder, ltp_stage, ltp_stages
 from .state import CANDIDATES, RESULTS, find_training_state, read_results
 from .speed import measure
 from .summary import write_summary
@@ -21,6 +22,8 @@ def _stages(run: Run) -> list[tuple[Path, dict]]:
     """(folder, fingerprint) of every stage this run trains."""
     a = run.args
     stages = [] if a.teacher_checkpoint else [(run.stage_folder("teacher"), run.teacher_fingerprint())]
+    if a.pruner == "ltp":  # no scout: LTP reads the host's own attention
+        return stages + ltp_stages(run)
     if not a.skip_approx:
         stages.append((run.stage_folder("approx"), run.approx_fingerprint()))
     stages += [(run.stage_folder("concrete", v), run.concrete_fingerprint(v)) for v in a.p_logits]
@@ -50,7 +53,7 @@ def _check_resumable(run: Run, model) -> None:
     elif read_results(run.stage_folder("teacher")) is not None:
         load_teacher(model, run.stage_folder("teacher") / TEACHER_WEIGHTS, reinit_scout=False)
     approx = run.stage_folder("approx")
-    if not a.skip_approx and read_results(approx) is not None:
+    if a.pruner != "ltp" and not a.skip_approx and read_results(approx) is not None:
         load_scout(model, approx / SCOUT_WEIGHTS)
 
 
@@ -63,7 +66,7 @@ def check_inputs(run: Run) -> None:
     if a.teacher_checkpoint:
         load_teacher(model, a.teacher_checkpoint, reinit_scout=False)
     scout = run.stage_folder("approx") / SCOUT_WEIGHTS
-    if a.skip_approx:
+    if a.skip_approx and a.pruner != "ltp":
         if not scout.is_file():
             raise ValueError(f"--skip-approx: no approximation network at {scout}; run without --skip-approx "
                              "first (or point --output at the run that has it)")
@@ -88,6 +91,13 @@ def train_stages(run: Run) -> dict:
     """The stages in order, after :func:`check_inputs`; returns the summary."""
     write_args(run)
     teacher, dense = teacher_stage(run)
+    if run.args.pruner == "ltp":
+        rows = [ltp_stage(run, teacher, v) for v in run.args.thresholds]
+        speed = None
+        if run.args.speed and run.dist.main:
+            speed = measure(run, teacher, {v: ltp_folder(run, v, "hard") / "model.pth" for v in run.args.thresholds})
+        run.dist.barrier()
+        return write_summary(run.folder, dense, rows, {}, main=run.dist.main, speed=speed)
     scout = approx_stage(run, teacher)
     rows = [concrete_stage(run, teacher, scout, v) for v in run.args.p_logits]
     control = dense_control_stage(run, teacher) if run.args.dense_control else None

@@ -77,11 +77,15 @@ class Run:
             return self.folder / "concrete" / f"p_logit_{p_logit:g}"
         return self.folder / stage
 
-    def build(self, p_logit: float = 0.0) -> STTABT:
-        """The STTABT model of this run (random weights), on the run's device."""
+    def build(self, p_logit: float = 0.0, threshold: float | None = None) -> STTABT:
+        """The STTABT model of this run (random weights), on the run's device: a concrete pruner or,
+        with ``--pruner ltp``, LTP's thresholds (``threshold``: the final token threshold)."""
         a = self.args
         kwargs = {**a.model_kwargs, "img_size": a.img_size, "num_classes": self.num_classes,
                   "factor": a.factor, "pruner": "concrete", "p_logit": p_logit, "drop_path_rate": a.drop_path}
+        if getattr(a, "pruner", "concrete") == "ltp":
+            kwargs.pop("p_logit")
+            kwargs.update(pruner="ltp", threshold=a.thresholds[0] if threshold is None else threshold)
         return timm.create_model(a.model, **kwargs).to(self.dist.device)
 
     def loaders(self, stage: str):

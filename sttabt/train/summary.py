@@ -14,7 +14,13 @@ COLUMNS = ("p_logit", "target_keep", "keep_mean", "gflops", "speedup", "hard_top
            "ema_soft_top1")
 
 
-LABELS = {"dense": "dense", "dense_control": "dense+ft"}  # the table's first column for rows without p-logit
+LABELS = {"dense": "dense", "dense_control": "dense+ft"}
+SWEPT = ("sttabt_concrete", "ltp")  # the methods with one row per swept value
+
+
+def _swept(r: dict) -> float:
+    """The value a row was swept over: its p-logit (concrete) or final token threshold (LTP)."""
+    return r["threshold"] if r.get("threshold") is not None else r["p_logit"]  # the table's first column for rows without p-logit
 
 
 def _dense_row(method: str, results: dict) -> dict:
@@ -29,14 +35,16 @@ def summary_rows(dense: dict, concrete: list[dict], control: dict | None = None,
     ``speedup`` over the dense model (the dense rows get 1.0)."""
     measured = (speed or {}).get("rows", {})
     rows = [_dense_row("dense", dense)] + ([_dense_row("dense_control", control)] if control is not None else [])
-    for r in sorted(concrete, key=lambda r: r["p_logit"]):
-        rows.append({"method": "sttabt_concrete", **{k: r.get(k) for k in COLUMNS},
-                     "keep_per_layer": r.get("keep_per_layer"), "dense_gflops": r.get("dense_gflops"),
-                     "scout_gflops": r.get("scout_gflops"),
-                     "speedup": measured.get(r["p_logit"], {}).get("speedup")})
+    for r in sorted(concrete, key=_swept):
+        row = {"method": "ltp" if "threshold" in r else "sttabt_concrete", **{k: r.get(k) for k in COLUMNS},
+               "keep_per_layer": r.get("keep_per_layer"), "dense_gflops": r.get("dense_gflops"),
+               "scout_gflops": r.get("scout_gflops"), "speedup": measured.get(_swept(r), {}).get("speedup")}
+        if "threshold" in r:  # LTP rows (--pruner ltp): swept over final token thresholds, no target
+            row["threshold"] = r["threshold"]
+        rows.append(row)
     if speed is not None:
         for row in rows:
-            if row["method"] != "sttabt_concrete":
+            if row["method"] not in SWEPT:
                 row["speedup"] = 1.0
     return rows
 
@@ -55,6 +63,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         layers = " ".join(f"{k:.2f}" for k in r["keep_per_layer"]) if r.get("keep_per_layer") else "all"
         label = LABELS.get(r["method"], "dense") if r["p_logit"] is None else f"{r['p_logit']:g}"
+        if r.get("threshold") is not None:
+            label = f"t={r['threshold']:g}"
         out.write(f"{label:>8s} {_cell(r['target_keep'], '7.2f')} {_cell(r['keep_mean'], '6.2f')} "
                   f"{_cell(r['gflops'], '8.4f')} {_cell(r.get('speedup'), '7.2f') + ('x' if r.get('speedup') else ' ')} "
                   f"{_cell(r['hard_top1'], '7.2f')} {_cell(r['soft_top1'], '7.2f')} "
@@ -71,7 +81,8 @@ def write_summary(folder: Path, dense: dict, concrete: list[dict], approx: dict,
     if main:
         write_json(folder / "summary.json", summary)
         table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=["method", *COLUMNS, "keep_per_layer"], extrasaction="ignore")
+        extra = ["threshold"] if any(r.get("threshold") is not None for r in rows) else []
+        writer = csv.DictWriter(table, fieldnames=["method", *COLUMNS, *extra, "keep_per_layer"], extrasaction="ignore")
         writer.writeheader()
         for r in rows:
             layers = r.get("keep_per_layer")

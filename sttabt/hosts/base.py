@@ -1,0 +1,40 @@
+"""The host adapter interface (see :mod:`sttabt.hosts`)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class HostAdapter:
+    """Per-layer maths of one host; the executors in :mod:`sttabt.executors.core` run the loops."""
+
+    prefix: int = 1  # leading tokens every set keeps (class / distillation / register tokens)
+
+    @property
+    def layers(self) -> Sequence[nn.Module]:
+        raise NotImplementedError
+
+    def attention(self, layer: nn.Module, x: torch.Tensor, keys: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities (B, H, n, n) of every query over the ``keys`` (B, n) bool (None: all), and the
+        values (B, H, n, d)."""
+        raise NotImplementedError
+
+    def finish(self, layer: nn.Module, x: torch.Tensor, probs: torch.Tensor, values: torch.Tensor,
+               m_out: torch.Tensor | None) -> torch.Tensor:
+        """The layer's output for the rows of ``probs`` (``x``: those rows' inputs); ``m_out`` (B, n, 1):
+        0/1 (or soft) output mask, a token at 0 passing through unchanged."""
+        raise NotImplementedError
+
+    def masked_layer(self, layer: nn.Module, x: torch.Tensor, m_in: torch.Tensor, m_out: torch.Tensor,
+                     keys: torch.Tensor | None) -> torch.Tensor:
+        """The layer under a plan's input and output masks, dense shapes (soft or 0/1)."""
+        raise NotImplementedError
+
+    def pruned_layer(self, layer: nn.Module, x: torch.Tensor, n_out: int, key_mask: torch.Tensor | None
+                     ) -> torch.Tensor:
+        """The layer on (B, n_in, D) sorted tokens, fused attention, the first ``n_out`` tokens' outputs;
+        ``key_mask``: (B, 1, 1, n_in) bool, False for padding keys."""
+        raise NotImplementedError

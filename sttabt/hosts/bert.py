@@ -1,0 +1,136 @@
+"""The BERT-family host adapter: a BERT, RoBERTa or I-BERT (float mode) encoder of transformers.
+
+The executors walk the host layer by layer and read its modules directly (no copy of transformers'
+code): ``attention.self.{query,key,value}``, ``attention.output.{dense,dropout,LayerNorm}``,
+``intermediate.{dense,intermediate_act_fn}``, ``output.{dense,dropout,LayerNorm}``. These are
+*post-norm* layers: ``a = LN(x + O(attention))``, ``y = LN(a + FFN(a))``. I-BERT's modules return
+``(tensor, scaling_factor)`` pairs; in float mode the factor is ``None`` and :func:`_t` drops it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from .base import HostAdapter
+from transformers import (BertForSequenceClassification, IBertForSequenceClassification,
+                          RobertaForSequenceClassification)
+
+# The host's sequence-classification class; its children (e.g. ``bert`` and ``classifier``) are
+# adopted as they are, so state-dict keys are the host's own.
+SEQUENCE_CLASSIFIERS = {
+    "bert": BertForSequenceClassification,
+    "roberta": RobertaForSequenceClassification,
+    "ibert": IBertForSequenceClassification,
+}
+PREFIXES = {"bert": "bert", "roberta": "roberta", "ibert": "ibert"}
+_LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
+
+
+def _t(out):
+    """I-BERT modules return ``(tensor, scaling_factor)``; BERT and RoBERTa return the tensor."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def check_layers(layers: nn.ModuleList) -> None:
+    for i, layer in enumerate(layers):
+        for part in _LAYER_PARTS:
+            module = layer
+            for name in part.split("."):
+                module = getattr(module, name, None)
+            if module is None:
+                raise ValueError(f"layer {i} ({type(layer).__name__}) lacks {part}: not a BERT-family layer")
+
+
+def embed(embeddings: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+    """Word, position and token-type embeddings, LayerNorm and dropout: (B, T, D)."""
+    return _t(embeddings(input_ids=input_ids, token_type_ids=token_type_ids))
+
+
+def num_heads(layer: nn.Module) -> int:
+    return layer.attention.self.num_attention_heads
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, _, n, _ = x.shape
+    return x.transpose(1, 2).reshape(b, n, -1)
+
+
+def query_key_value(layer: nn.Module, x: torch.Tensor, n_out: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, H, n, d) queries (of the first ``n_out`` tokens, default all), keys and values."""
+    attn = layer.attention.self
+    heads = attn.num_attention_heads
+    q_in = x if n_out is None else x[:, :n_out]
+    return (_heads(_t(attn.query(q_in)), heads), _heads(_t(attn.key(x)), heads), _heads(_t(attn.value(x)), heads))
+
+
+def attention_logits(layer: nn.Module, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return (q * layer.attention.self.attention_head_size ** -0.5) @ k.transpose(-2, -1)
+
+
+def probs_dropout(layer: nn.Module, probs: torch.Tensor) -> torch.Tensor:
+    return layer.attention.self.dropout(probs)
+
+
+def attention_output(layer: nn.Module, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``LN(x + dropout(dense(context)))`` with ``context`` (B, n, D) already merged over heads."""
+    out = layer.attention.output
+    return _t(out.LayerNorm(out.dropout(_t(out.dense(context))) + x))
+
+
+def feed_forward(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """``LN(a + dropout(fc2(act(fc1(a)))))``."""
+    hidden = _t(layer.intermediate.intermediate_act_fn(_t(layer.intermediate.dense(a))))
+    out = layer.output
+    return _t(out.LayerNorm(out.dropout(_t(out.dense(hidden))) + a))
+
+
+def key_bias(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, n) key mask (bool or 0/1) -> (B, 1, 1, n) additive bias: 0 for keys, the dtype's min otherwise."""
+    return ((keys <= 0.5) if keys.dtype != torch.bool else ~keys).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
+
+
+PROB_EPS = 1e-12  # guards the renormalisation of attention rows under a plan
+
+
+class BertAdapter(HostAdapter):
+    """The encoder layers of a BERT-family host (post-norm); the class token is token 0."""
+
+    prefix = 1
+
+    def __init__(self, layers: nn.ModuleList):
+        check_layers(layers)
+        self._layers = layers
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self._layers
+
+    def attention(self, layer, x, keys):
+        q, k, v = query_key_value(layer, x)
+        logits = attention_logits(layer, q, k)
+        if keys is not None:
+            logits = logits + key_bias(keys, logits.dtype)
+        return logits.softmax(-1), v
+
+    def finish(self, layer, x, probs, values, m_out):
+        a = attention_output(layer, merge_heads(probs_dropout(layer, probs) @ values), x)
+        y = feed_forward(layer, a)
+        return y if m_out is None else x + m_out * (y - x)  # post-norm: a dropped token passes through
+
+    def masked_layer(self, layer, x, m_in, m_out, keys):
+        probs, v = self.attention(layer, x, keys)
+        probs = probs * m_in[:, None, None, :]
+        probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
+        return self.finish(layer, x, probs, v * m_in[:, None, :, None], m_out.unsqueeze(-1))
+
+    def pruned_layer(self, layer, x, n_out, key_mask):
+        q, k, v = query_key_value(layer, x, n_out)
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+        return feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))

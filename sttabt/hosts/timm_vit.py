@@ -1,0 +1,49 @@
+"""The timm ``VisionTransformer`` host adapter (DeiT, ViT, DeiT-III, LV-ViT): pre-norm blocks.
+
+The block maths are :mod:`sttabt.executors.block`'s (masked, and pruned with fused attention); the
+embedding and head are :mod:`sttabt.executors.host`'s. Prefix tokens: ``num_prefix_tokens``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..executors.block import PROB_EPS, _merge, _mlp, _split_heads, masked_block, pruned_block
+from .base import HostAdapter
+
+
+class TimmViTAdapter(HostAdapter):
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.prefix = int(model.num_prefix_tokens)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.blocks
+
+    def attention(self, layer, x, keys):
+        attn = layer.attn
+        q, k, v = _split_heads(attn.qkv(layer.norm1(x)), 3, attn.num_heads)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        logits = (q * attn.scale) @ k.transpose(-2, -1)
+        if keys is not None:
+            logits = logits.masked_fill(~keys[:, None, None, :], torch.finfo(logits.dtype).min)
+        probs = logits.softmax(-1)
+        if keys is not None:  # exact zeros on the masked keys (rows of no live key stay finite)
+            probs = probs * keys[:, None, None, :]
+            probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
+        return probs, v
+
+    def finish(self, layer, x, probs, values, m_out):
+        attn = layer.attn
+        out = attn.proj_drop(attn.proj(getattr(attn, "norm", nn.Identity())(_merge(attn.attn_drop(probs) @ values))))
+        if m_out is not None:
+            out = out * m_out
+        x = x + layer.drop_path1(layer.ls1(out))
+        return x + layer.drop_path2(layer.ls2(_mlp(layer.mlp, layer.norm2(x), m_out)))
+
+    def masked_layer(self, layer, x, m_in, m_out, keys):
+        return masked_block(layer, x, m_in, m_out)[0]
+
+    def pruned_layer(self, layer, x, n_out, key_mask):
+        return pruned_block(layer, x, n_out, key_mask)
