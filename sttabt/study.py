@@ -6,8 +6,10 @@ different budgets. Here every training-free pruner gets the schedule whose measu
 (the scout included) match a target, found by bisection on one scalar ``r``:
 
 * ``abt``: the same keep ratio ``r`` at every layer (back-tracking from CLS);
-* ``manual`` and ``evit``: a geometric forward schedule, layer ``l`` taking in ``r ** l`` of the tokens
-  (layer 0 takes every token), EViT's compounding keep rate spread over every layer.
+* ``manual``, ``evit_scout`` (CLS top-k on the scout's attention, planned) and ``evit`` (CLS top-k on
+  the host's own attention, decided after each layer: no scout to pay for): a geometric forward
+  schedule, layer ``l`` taking in ``r ** l`` of the tokens (layer 0 takes every token), EViT's
+  compounding keep rate spread over every layer.
 
 The targets are the GFLOPs of the trained concrete models, so each trained model has a training-free
 row of each pruner at its own cost.
@@ -19,7 +21,8 @@ from typing import Callable
 
 MATCH_TOLERANCE = 0.05      # relative: "equal GFLOPs" means within 5 %
 BISECTION_STEPS = 20
-SCHEDULES = {"abt": "uniform", "abt_oracle": "uniform", "manual": "geometric", "evit": "geometric"}
+SCHEDULES = {"abt": "uniform", "abt_oracle": "uniform", "manual": "geometric", "evit_scout": "geometric",
+             "evit": "geometric"}
 
 
 def schedule(pruner: str, depth: int, r: float) -> list[float]:

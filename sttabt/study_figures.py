@@ -18,7 +18,8 @@ STYLE = {                                       # method -> (colour, marker, lin
     "abt": ("tab:blue", "s", "-", "ABT (scout)"),
     "manual_topk": ("tab:orange", "^", "-", "manual top-k"),
     "manual": ("tab:orange", "^", "-", "manual top-k (geometric)"),
-    "evit": ("tab:purple", "v", "-", "EViT-style CLS top-k (geometric)"),
+    "evit_scout": ("tab:purple", "v", "-", "EViT-style CLS top-k on the scout (geometric)"),
+    "evit": ("tab:cyan", "D", "-", "EViT, host's own CLS attention (online, geometric)"),
     "manual_threshold": ("tab:purple", "v", ":", "manual threshold"),
 }
 

@@ -24,7 +24,7 @@ HOST = dict(img_size=32, patch_size=8, depth=3, embed_dim=32, num_heads=2, num_c
 def test_schedules():
     assert study.schedule("abt", 3, 0.4) == [0.4, 0.4, 0.4]
     assert study.schedule("manual", 4, 0.5) == [1.0, 0.5, 0.25, 0.125]
-    assert study.schedule("evit", 2, 1.0) == [1.0, 1.0]
+    assert study.schedule("evit", 2, 1.0) == study.schedule("evit_scout", 2, 1.0) == [1.0, 1.0]
     with pytest.raises(ValueError, match=r"r must lie in \(0, 1\]"):
         study.schedule("abt", 3, 0.0)
     with pytest.raises(ValueError, match="no schedule for pruner 'concrete'"):
@@ -97,11 +97,11 @@ def test_tool_matches_gflops_and_scores_every_image(tmp_path):
     report = json.loads(out.read_text())
     rows = {r["method"]: r for r in report["rows"]}
     assert report["images"] == 12 and set(rows) == {"dense_teacher", "dense_control", "sttabt_concrete", "abt",
-                                                    "manual", "evit"}
+                                                    "manual", "evit_scout", "evit"}
     images = torch.stack([study_cifar.eval_transform(model)(Image.open(p).convert("RGB"))
                           for cls in ("a", "b", "c") for p in sorted((data / cls).iterdir())])
     labels = torch.arange(3).repeat_interleave(4)
-    for name in ("abt", "manual", "evit"):
+    for name in ("abt", "manual", "evit_scout", "evit"):
         r = rows[name]
         assert r["target_gflops"] == rows["sttabt_concrete"]["gflops"]
         assert r["vs_dense_control"] == pytest.approx(r["top1"] - rows["dense_control"]["top1"])

@@ -8,7 +8,7 @@ trained as long, and the training-free pruners at the concrete models' GFLOPs.
 
 Reads the run's ``summary.json`` (teacher, dense control, concrete models) and ``args.yaml``, builds
 the dense teacher with its distilled scout, and for every training-free pruner (``--pruners``, default
-ABT, manual top-k and EViT-style, all on the scout) and every concrete model finds the schedule whose
+ABT, manual top-k and EViT-style CLS top-k on the scout, and EViT on the host's own attention) and every concrete model finds the schedule whose
 GFLOPs per image match that model's within 5 % (bisection on the first ``--match-images``; the
 schedules are in ``sttabt/study.py``), then scores it on every image of ``--data`` (hard masks, pruned
 executor). Writes ``--out`` (``docs/results/cifar_study.json``) atomically; ``tools/plot.py --study``
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder of tools/train_imagenet.py (OUTPUT/<model>-f<factor>), finished")
     p.add_argument("--data", required=True, help="test images: an ImageFolder tree")
-    p.add_argument("--pruners", nargs="+", default=["abt", "manual", "evit"], choices=sorted(study.SCHEDULES))
+    p.add_argument("--pruners", nargs="+", default=["abt", "manual", "evit_scout", "evit"], choices=sorted(study.SCHEDULES))
     p.add_argument("--match-images", type=int, default=250, help="images the GFLOPs are matched on")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int)
