@@ -41,7 +41,7 @@ def study_figure(rows: Sequence[dict], title: str, *, metric: str, x: str, ylabe
     """One panel: ``metric`` (x ``scale``) against ``x`` (relative FLOPs, in %), one series per method."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(PANEL_SIZE[0] * 1.4, PANEL_SIZE[1] * 1.2), layout="constrained")
+    fig = Figure(figsize=(PANEL_SIZE[0] * 2.0, PANEL_SIZE[1] * 1.2), layout="constrained")
     ax = fig.subplots()
     series: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -56,8 +56,9 @@ def study_figure(rows: Sequence[dict], title: str, *, metric: str, x: str, ylabe
         ax.plot([100 * r[x] for r in points], [r[metric] * scale for r in points], marker=marker, ls=style,
                 color=colour, label=label)
     ax.set(title=title, xlabel="relative FLOPs (%), scout included", ylabel=ylabel)
+    ax.set_xlim(0, 102)                       # the whole range: the dense models sit at 100 %
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
