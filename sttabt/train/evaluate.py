@@ -89,3 +89,14 @@ def sttabt_metrics(model: nn.Module, loader, d: Dist) -> dict:
         "dense_gflops": flops.dense.gflops,
         "scout_gflops": flops.scout.gflops,
     }
+
+
+EMA_KEYS = ("hard_top1", "soft_top1", "keep_mean", "gflops")  # what is reported of a pruned model's EMA
+
+
+def sttabt_metrics_with_ema(model, ema, loader, dist) -> dict:
+    """:func:`sttabt_metrics` of ``model``, plus ``ema_<key>`` of the EMA weights when there are any."""
+    metrics = sttabt_metrics(model, loader, dist)
+    if ema is not None:
+        metrics.update({f"ema_{k}": v for k, v in sttabt_metrics(ema, loader, dist).items() if k in EMA_KEYS})
+    return metrics

@@ -24,7 +24,7 @@ import torch
 
 from ..checkpoint import load_checkpoint, load_teacher, save_checkpoint
 from . import augment
-from .evaluate import sttabt_metrics
+from .evaluate import sttabt_metrics_with_ema
 from .loop import StageSpec, fit
 from .state import seed_everything
 from .tasks import _FrozenTeacher, logit_kd, soft_target_loss
@@ -93,10 +93,7 @@ def _phase(run, teacher: Path, threshold: float, phase: str, start: Path | None)
                      fingerprint=fingerprint)
 
     def evaluate(m, ema):
-        metrics = sttabt_metrics(m, val, run.dist)
-        if ema is not None:
-            metrics.update({f"ema_{k}": v for k, v in sttabt_metrics(ema, val, run.dist).items()
-                            if k in ("hard_top1", "soft_top1", "keep_mean", "gflops")})
+        metrics = sttabt_metrics_with_ema(m, ema, val, run.dist)
         metrics["thresholds"] = [round(v, 6) for v in m.pruner.thresholds().tolist()]
         return metrics
 

@@ -32,7 +32,7 @@ from ..flops import vit_flops
 from ..wrap import STTABT
 from . import augment, data
 from .distributed import Dist
-from .evaluate import scout_quality, sttabt_metrics, top1
+from .evaluate import scout_quality, sttabt_metrics_with_ema, top1
 from .loop import Loop, StageSpec, fit
 from .pictures import token_pictures
 from .state import RESULTS, read_results, seed_everything, write_json
@@ -284,10 +284,7 @@ def concrete_stage(run: Run, teacher: Path, scout: Path, p_logit: float) -> dict
                      fingerprint=fingerprint)
 
     def evaluate(m, ema):
-        metrics = sttabt_metrics(m, val, run.dist)
-        if ema is not None:
-            metrics.update({f"ema_{k}": v for k, v in sttabt_metrics(ema, val, run.dist).items()
-                            if k in ("hard_top1", "soft_top1", "keep_mean", "gflops")})
+        metrics = sttabt_metrics_with_ema(m, ema, val, run.dist)
         metrics["p_logits"] = [round(v, 4) for v in m.pruner.p_logits.tolist()]
         return metrics
 
