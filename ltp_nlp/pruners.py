@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sttabt.pruners.thresholds import DEFAULT_TEMPERATURE, thresholds_in_use
+
 from .ltp import (FIRST_PRUNED_LAYER, hard_keep, mask_means, padded_mask_means, received_attention, soft_keep,
                   threshold_base, topk_keep, topk_rates)
-
-DEFAULT_TEMPERATURE = 1e-3  # T of the soft stage; the reference sweeps 1e-4 .. 2e-3
 
 
 def _normaliser(scoring_mode: str, score_length: int, lengths: torch.Tensor) -> torch.Tensor | int:
@@ -42,8 +42,7 @@ class ThresholdPruner(nn.Module):
 
     def thresholds(self) -> torch.Tensor:
         """(L,) the thresholds in use: 0 for the skipped layer 0, ``base + delta`` after it."""
-        learned = self.threshold_base + self.threshold_delta
-        return torch.cat([torch.zeros_like(learned[:FIRST_PRUNED_LAYER]), learned[FIRST_PRUNED_LAYER:]])
+        return thresholds_in_use(self.threshold_base, self.threshold_delta)
 
     def decide(self, layer: int, probs: torch.Tensor, live: torch.Tensor, lengths: torch.Tensor, *,
                soft: bool, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:

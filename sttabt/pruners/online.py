@@ -7,11 +7,8 @@ always in) or a soft mask in (0, 1] (training; only :class:`LTPPruner` has one).
 token head outputs the prefix tokens only; of an ``avg`` head, every token it took in (the head
 averages them), as for the planned pruners (see :mod:`sttabt.pruners.layout`).
 
-* :class:`LTPPruner` (Learned Token Pruning, KDD 2022): a token is kept when the attention it receives,
-  summed over the live queries and divided by ``N`` (the sequence length, fixed for images), reaches
-  the layer's threshold ``final * l / L + delta_l`` (``delta`` learned); layer 0 keeps everything (its
-  threshold is exactly 0, as in the reference). Soft stage: ``sigmoid((score - threshold) / T)``
-  multiplies the layer's output; hard stage: the tokens below the threshold are dropped.
+* :class:`LTPPruner` (Learned Token Pruning, KDD 2022): the maths of :mod:`sttabt.pruners.thresholds`
+  (shared with text) with ``N`` the image's token count and the prefix tokens always kept.
 * :class:`EViTOnlinePruner` (EViT, ICLR 2022): after layer ``l``'s attention, the class token's row
   ranks the live tokens and the best ``ceil(keep[l + 1] * T)`` go on (prefix tokens always).
 """
@@ -26,10 +23,9 @@ from torch import nn
 from .layout import DEFAULT_LAYOUT, TokenLayout
 from .masks import CLS_INDEX, fill_to_count, forward_counts
 from .pruners import keep_schedule
+from .thresholds import (DEFAULT_TEMPERATURE, FIRST_PRUNED_LAYER, hard_keep, received_attention, soft_keep,
+                         threshold_base, thresholds_in_use)
 
-MIN_THRESHOLD = 1e-5     # hard rule: prune when score < max(1e-5, threshold), as LTP's reference
-FIRST_PRUNED_LAYER = 1   # LTP: layer 0's threshold is exactly 0, the layer is skipped
-DEFAULT_TEMPERATURE = 1e-3  # T of LTP's soft stage (the reference sweeps 1e-4 .. 2e-3)
 DEFAULT_LTP_LAMBDA = 0.1    # weight of LTP's regulariser sum_l mean(mask_l) (reference: 0.01 .. 0.2)
 DEFAULT_FINAL_THRESHOLD = 1e-2  # LTP's final_token_threshold; a uniform map scores every token 1 / T
 
@@ -59,12 +55,6 @@ class OnlinePruner(nn.Module):
         return keep.to(torch.float32) if soft else keep
 
 
-def received_attention(probs: torch.Tensor, live: torch.Tensor, length: int) -> torch.Tensor:
-    """(B, T) LTP scores: head-averaged ``probs`` (B, T, T) summed over the ``live`` queries, over
-    ``length`` (the ``N`` of the paper's ``H * N``; the mean over heads is the ``H``)."""
-    return torch.einsum("bqk,bq->bk", probs, live.to(probs.dtype)) / length
-
-
 class LTPPruner(OnlinePruner):
     """LTP's ``absolute_threshold`` mode on images: thresholds ``final * l / L + delta_l`` (see the
     module notes). ``temperature``: T of the soft stage; ``keep_lambda``: weight of the regulariser."""
@@ -80,14 +70,13 @@ class LTPPruner(OnlinePruner):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.final_token_threshold, self.temperature, self.keep_lambda = final_token_threshold, temperature, keep_lambda
-        base = [final_token_threshold * i / depth for i in range(depth)]  # the reference code's rule
-        self.register_buffer("threshold_base", torch.tensor(base), persistent=False)
+        self.register_buffer("threshold_base", torch.tensor(threshold_base(final_token_threshold, depth)),
+                             persistent=False)
         self.threshold_delta = nn.Parameter(torch.zeros(depth))
 
     def thresholds(self) -> torch.Tensor:
         """(L,) thresholds in use: 0 for the skipped layer 0, ``base + delta`` after it."""
-        learned = self.threshold_base + self.threshold_delta
-        return torch.cat((torch.zeros_like(learned[:FIRST_PRUNED_LAYER]), learned[FIRST_PRUNED_LAYER:]))
+        return thresholds_in_use(self.threshold_base, self.threshold_delta)
 
     def decide(self, layer, probs, live, *, layout=DEFAULT_LAYOUT, soft=False, tokens=None):
         depth = self.threshold_delta.numel()
@@ -99,8 +88,8 @@ class LTPPruner(OnlinePruner):
         threshold = self.thresholds()[layer]
         prefix = layout.always(*live.shape, device=live.device)
         if soft:
-            return torch.maximum(torch.sigmoid((score - threshold) / self.temperature), prefix.to(probs.dtype))
-        return ((score >= threshold.clamp_min(MIN_THRESHOLD)) | prefix) & live
+            return soft_keep(score, threshold, self.temperature, prefix)
+        return hard_keep(score, threshold, live, prefix)
 
     def regulariser(self, masks: torch.Tensor, layout: TokenLayout = DEFAULT_LAYOUT) -> torch.Tensor:
         """``lambda * sum_l mean(mask_l)`` over the pruned layers' soft output masks (``masks[l + 1]`` of
