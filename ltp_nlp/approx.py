@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from sttabt.approx import resize_linear
 from sttabt.executors import HostOutput
+from sttabt.hosts.bert import query_key
 from sttabt.pruners.qk import QKAttention
 
 from .executors import masked_layer, run_dense
@@ -47,14 +48,14 @@ def planning_attention(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tens
         for layer in layers[:last]:
             x, _, logits = masked_layer(layer, x, valid)
             seen.append(logits)
-        q, k, _ = query_key_value(layers[last], x)
+        q, k = query_key(layers[last], x)
         return tuple(seen) + (attention_logits(layers[last], q, k),)
     if kind != "probs":
         raise ValueError(f"attention must be 'logits' or 'probs', got {kind!r}")
     keys = valid.bool()[:, None, None, :]
     queries, keys_seen = [], []
     for i, layer in enumerate(layers):
-        q, k, v = query_key_value(layer, x)
+        q, k, v = query_key_value(layer, x) if i < last else (*query_key(layer, x), None)
         queries.append(q)
         keys_seen.append(k)
         if i < last:

@@ -6,7 +6,7 @@ attention products on the ``n_att`` tokens entering the layer) and feed-forward 
 baseline is the same count at the unpadded input length. FLOPs = 2 x MACs (the reference's
 convention for GLUE; the vision side counts one multiply-add as one FLOP, as fvcore does).
 STTABT modes add their planning pass at the full length (it always runs on every token): the scout's
-(or, for the oracle, the host's own) layers in full except the last, of which only the Q, K and V
+(or, for the oracle, the host's own) layers in full except the last, of which only the Q and K
 projections and the attention scores run (:func:`planning_macs`, what ``ltp_nlp.approx.planning_attention``
 computes).
 """
@@ -37,10 +37,10 @@ def dense_macs(hidden: int, intermediate: int, depth: int, lengths: torch.Tensor
 
 
 def planning_macs(hidden: int, intermediate: int, depth: int, lengths: torch.Tensor) -> torch.Tensor:
-    """(B,) MACs of a planning pass: ``depth - 1`` whole layers, then the last layer's Q, K and V
-    projections (``3 d^2 n``) and scores (``d n^2``); no attention output, feed-forward or head."""
+    """(B,) MACs of a planning pass: ``depth - 1`` whole layers, then the last layer's Q and K
+    projections (``2 d^2 n``) and scores (``d n^2``); no values, attention output, feed-forward or head."""
     n = lengths.double()
-    return (depth - 1) * layer_macs(hidden, intermediate, n, n) + 3 * hidden ** 2 * n + hidden * n ** 2
+    return (depth - 1) * layer_macs(hidden, intermediate, n, n) + 2 * hidden ** 2 * n + hidden * n ** 2
 
 
 @dataclass

@@ -23,6 +23,10 @@ Three bugs of the reference implementation are deliberately avoided:
 3. a convolutional stem (LV-ViT: three conv+BN layers before the patch projection) is *added* to the
    projection's FLOPs, not overwritten by it - every conv/norm inside ``model.patch_embed`` is counted.
 
+Any host with an adapter (:mod:`sttabt.hosts`) is counted layer by layer from its ``layer_cost``
+(:func:`layer_flops`, :func:`encoder_flops`: BERT and RoBERTa encoders too); the patch embedding
+and the ViT head are counted by :func:`vit_flops`.
+
 Token pruning semantics: layer ``l`` reads ``n_in[l]`` tokens (its key/value set, prefix tokens
 included) and emits ``n_out[l] <= n_in[l]`` tokens (its query set), with ``n_out[l] == n_in[l + 1]``.
 The key/value projections and ``norm1`` run on ``n_in`` tokens; the query projection, attention output
@@ -31,5 +35,7 @@ projection, ``norm2`` and the MLP on ``n_out`` tokens; the attention matrix is `
 from .costs import GIGA, FlopsReport
 from .analytic import ModelFlops, sttabt_flops, vit_flops, vit_flops_per_sample
 from .fvcore_ref import fvcore_flops
+from .layers import encoder_flops, layer_flops
 
-__all__ = ["GIGA", "FlopsReport", "ModelFlops", "vit_flops", "vit_flops_per_sample", "sttabt_flops", "fvcore_flops"]
+__all__ = ["GIGA", "FlopsReport", "ModelFlops", "vit_flops", "vit_flops_per_sample", "sttabt_flops", "fvcore_flops",
+           "encoder_flops", "layer_flops"]

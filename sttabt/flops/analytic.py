@@ -1,4 +1,5 @@
-"""Analytic FLOPs of (token-pruned) ViTs from the token counts each layer runs on."""
+"""Analytic FLOPs of (token-pruned) ViTs from the token counts each layer runs on: the layers through
+the host adapter (:mod:`sttabt.flops.layers`), the patch embedding and the head here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,50 +8,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .costs import (ATTN_MATMULS, CONSISTENCY_TOL, GIGA, QKV_SPLIT, FlopsReport, _embed_flops, _linear_cost,
-                    _norm_cost_per_element, _per_token_cost)
-
-# --------------------------------------------------------------------------------------------------
-# analytic model: per-layer coefficients of n_in, n_out and n_in * n_out
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _LayerCoef:
-    per_in: float  # FLOPs per key/value token
-    per_out: float  # FLOPs per query (= output) token
-    per_pair: float  # FLOPs per (query, key) pair
-
-
-def _block_coef(blk: nn.Module, *, mlp: bool, scores_only: bool) -> _LayerCoef:
-    from timm.models.vision_transformer import ResPostBlock  # post-norm: norm1 acts on outputs
-
-    if isinstance(blk, ResPostBlock):
-        raise NotImplementedError("post-norm blocks (ResPostBlock) are not supported")
-    attn = blk.attn
-    qkv = getattr(attn, "qkv", None)
-    if not isinstance(qkv, nn.Linear):
-        raise NotImplementedError(f"attention {type(attn).__name__} without a fused qkv Linear")
-    dim = qkv.in_features
-    attn_dim = qkv.out_features // QKV_SPLIT
-    heads = attn.num_heads
-    head_dim = getattr(attn, "head_dim", attn_dim // heads)
-    if heads * head_dim != attn_dim:
-        raise ValueError(f"num_heads * head_dim = {heads * head_dim} != qkv width / 3 = {attn_dim}")
-
-    proj_one = dim * attn_dim  # one of q / k / v for one token
-    per_in = _norm_cost_per_element(blk.norm1) * dim
-    per_in += proj_one * (1 if scores_only else 2)  # k (+ v)
-    per_in += _norm_cost_per_element(getattr(attn, "k_norm", nn.Identity())) * attn_dim
-    per_out = proj_one  # q
-    per_out += _norm_cost_per_element(getattr(attn, "q_norm", nn.Identity())) * attn_dim
-    per_pair = heads * head_dim * (1 if scores_only else ATTN_MATMULS)
-    if not scores_only:
-        per_out += _linear_cost(getattr(attn, "gate", None))  # optional gated attention (query side)
-        per_out += _norm_cost_per_element(getattr(attn, "norm", nn.Identity())) * attn_dim
-        per_out += _linear_cost(attn.proj)
-        if mlp:
-            per_out += _norm_cost_per_element(blk.norm2) * dim
-            per_out += _per_token_cost(blk.mlp)
-    return _LayerCoef(float(per_in), float(per_out), float(per_pair))
+from .costs import CONSISTENCY_TOL, GIGA, FlopsReport, _embed_flops, _linear_cost, _norm_cost_per_element
+from .layers import check_counts, layer_flops
 
 
 def _head_coef(model: nn.Module) -> tuple[float, float, float]:
@@ -74,30 +33,20 @@ def _evaluate(
     head: bool,
     last_mlp: bool,
     last_attn_scores_only: bool,
+    online: bool = False,
 ) -> FlopsReport:
     """Batch-mean report for float64 counts of shape (L + 1, B)."""
-    blocks = list(model.blocks)
-    depth = len(blocks)
-    if counts.dim() != 2 or counts.shape[0] != depth + 1:
-        raise ValueError(f"counts must have shape (L + 1, B) = ({depth + 1}, B), got {tuple(counts.shape)}")
+    from ..hosts.timm_vit import TimmViTAdapter
+
+    check_counts(counts, len(model.blocks))
     if head and last_attn_scores_only:
         raise ValueError("last_attn_scores_only=True leaves no tokens for a head; pass head=False")
-    n_in, n_out = counts[:-1], counts[1:]
-    if bool((counts <= 0).any()):
-        raise ValueError("token counts must be positive")
-    if bool((n_out > n_in + CONSISTENCY_TOL * n_in).any()):
-        raise ValueError("a layer cannot output more tokens than it reads (n_out[l] <= n_in[l])")
-
     embed, _ = _embed_flops(model)
     norm_pre = getattr(model, "norm_pre", nn.Identity())  # before the blocks, on the dense sequence
     embed += _norm_cost_per_element(norm_pre) * model.embed_dim * _dense_tokens(model)
 
-    per_layer = []
-    for i, blk in enumerate(blocks):
-        last = i == depth - 1
-        c = _block_coef(blk, mlp=last_mlp or not last, scores_only=last and last_attn_scores_only)
-        f = c.per_in * n_in[i] + c.per_out * n_out[i] + c.per_pair * n_in[i] * n_out[i]
-        per_layer.append(f.mean().item())
+    per_layer = layer_flops(TimmViTAdapter(model), counts, last_mlp=last_mlp,
+                            last_attn_scores_only=last_attn_scores_only, online=online)
 
     head_flops = 0.0
     if head:
@@ -232,24 +181,7 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
         scout = vit_flops(reader, head=False, last_mlp=False, last_attn_scores_only=True)
     tokens = _dense_tokens(model.host)
     keep = model.layout.ratio(counts[:-1].double().mean(-1), tokens).tolist()  # prefix tokens are not patches
-    host = vit_flops_per_sample(model.host, counts)
-    if getattr(model.pruner, "online", False):
-        host = _with_online_decisions(model.host, host, counts)
+    host = _evaluate(model.host, counts.double(), head=True, last_mlp=True, last_attn_scores_only=False,
+                     online=getattr(model.pruner, "online", False))  # online: dropped queries' scores too
     return ModelFlops(host, scout, vit_flops(model.host), tuple(keep))
-
-
-def _with_online_decisions(model: nn.Module, report: FlopsReport, counts: torch.Tensor) -> FlopsReport:
-    """An online pruner decides from every live query's attention: layer ``l`` also computes the
-    queries and attention scores of the ``n_in - n_out`` tokens it then drops (the weighted sum,
-    output projection and MLP run on the ``n_out`` kept ones, as the planned count has it)."""
-    blocks = []
-    for layer, (block, flops) in enumerate(zip(model.blocks, report.blocks)):
-        attn = block.attn
-        n_in, n_out = counts[layer].double(), counts[layer + 1].double()
-        dim = attn.num_heads * attn.head_dim
-        query = attn.qkv.in_features * dim  # the q rows of the fused projection
-        dropped = n_in - n_out
-        blocks.append(flops + (dropped * (query + n_in * dim)).mean().item())
-    return FlopsReport.build(report.embed, blocks, report.head)
-
 

@@ -51,6 +51,29 @@ class FlopsReport:
         }
 
 
+@dataclass(frozen=True)
+class LayerCost:
+    """FLOPs of one layer as a function of its token counts (a host adapter's ``layer_cost``).
+
+    ``per_in``: per key/value token; ``per_out``: per query (= output) token; ``per_pair``: per
+    (query, key) pair. An online pruner decides from every live query's attention, so a layer also
+    computes ``query`` (its projection) and ``score_pair`` per key for each token it then drops.
+    """
+
+    per_in: float
+    per_out: float
+    per_pair: float
+    query: float = 0.0
+    score_pair: float = 0.0
+
+    def flops(self, n_in: torch.Tensor, n_out: torch.Tensor, *, online: bool = False) -> torch.Tensor:
+        """FLOPs per sample, elementwise over (float64) counts."""
+        total = self.per_in * n_in + self.per_out * n_out + self.per_pair * n_in * n_out
+        if online:
+            total = total + (n_in - n_out) * (self.query + self.score_pair * n_in)
+        return total
+
+
 # --------------------------------------------------------------------------------------------------
 # per-module costs
 # --------------------------------------------------------------------------------------------------

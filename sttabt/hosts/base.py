@@ -38,3 +38,9 @@ class HostAdapter:
         """The layer on (B, n_in, D) sorted tokens, fused attention, the first ``n_out`` tokens' outputs;
         ``key_mask``: (B, 1, 1, n_in) bool, False for padding keys."""
         raise NotImplementedError
+
+    def layer_cost(self, layer: nn.Module, *, mlp: bool = True, scores_only: bool = False):
+        """The layer's :class:`sttabt.flops.costs.LayerCost` (fvcore's conventions) as the executors run
+        it: ``mlp=False`` leaves out the feed-forward; ``scores_only``: only what the attention scores
+        need (a planning pass's last layer)."""
+        raise NotImplementedError

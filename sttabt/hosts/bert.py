@@ -70,6 +70,13 @@ def query_key_value(layer: nn.Module, x: torch.Tensor, n_out: int | None = None
     return (_heads(_t(attn.query(q_in)), heads), _heads(_t(attn.key(x)), heads), _heads(_t(attn.value(x)), heads))
 
 
+def query_key(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, n, d) queries and keys only: what attention scores need (a planning pass's last layer)."""
+    attn = layer.attention.self
+    heads = attn.num_attention_heads
+    return _heads(_t(attn.query(x)), heads), _heads(_t(attn.key(x)), heads)
+
+
 def attention_logits(layer: nn.Module, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (q * layer.attention.self.attention_head_size ** -0.5) @ k.transpose(-2, -1)
 
@@ -134,3 +141,22 @@ class BertAdapter(HostAdapter):
         q, k, v = query_key_value(layer, x, n_out)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
         return feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))
+
+    def layer_cost(self, layer, *, mlp=True, scores_only=False):
+        from ..flops.costs import ATTN_MATMULS, NORM_FLOPS_AFFINE, LayerCost
+
+        attn, out = layer.attention.self, layer.attention.output
+        q, k, v = (_weight_cost(m) for m in (attn.query, attn.key, attn.value))
+        width = attn.all_head_size  # heads x head size: one (query, key) score costs that many MACs
+        if scores_only:  # a planning pass's last layer: Q and K of every token, and the scores
+            return LayerCost(float(k), float(q), float(width), float(q), float(width))
+        norm = NORM_FLOPS_AFFINE * out.dense.out_features  # post-norm LayerNorms (affine) on each output token
+        per_out = q + _weight_cost(out.dense) + norm
+        if mlp:
+            per_out += _weight_cost(layer.intermediate.dense) + _weight_cost(layer.output.dense) + norm
+        return LayerCost(float(k + v), float(per_out), float(ATTN_MATMULS * width), float(q), float(width))
+
+
+def _weight_cost(linear: nn.Module) -> int:
+    """in x out of a Linear (or I-BERT's QuantLinear, float mode): one MAC per weight and token."""
+    return linear.weight.shape[0] * linear.weight.shape[1]

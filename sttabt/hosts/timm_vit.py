@@ -47,3 +47,33 @@ class TimmViTAdapter(HostAdapter):
 
     def pruned_layer(self, layer, x, n_out, key_mask):
         return pruned_block(layer, x, n_out, key_mask)
+
+    def layer_cost(self, layer, *, mlp=True, scores_only=False):
+        from timm.models.vision_transformer import ResPostBlock  # post-norm: norm1 acts on outputs
+
+        from ..flops.costs import ATTN_MATMULS, QKV_SPLIT, LayerCost, _linear_cost, _norm_cost_per_element as norm
+        from ..flops.costs import _per_token_cost
+
+        if isinstance(layer, ResPostBlock):
+            raise NotImplementedError("post-norm blocks (ResPostBlock) are not supported")
+        attn = layer.attn
+        qkv = getattr(attn, "qkv", None)
+        if not isinstance(qkv, nn.Linear):
+            raise NotImplementedError(f"attention {type(attn).__name__} without a fused qkv Linear")
+        dim, attn_dim, heads = qkv.in_features, qkv.out_features // QKV_SPLIT, attn.num_heads
+        head_dim = getattr(attn, "head_dim", attn_dim // heads)
+        if heads * head_dim != attn_dim:
+            raise ValueError(f"num_heads * head_dim = {heads * head_dim} != qkv width / 3 = {attn_dim}")
+        one = dim * attn_dim  # one of q / k / v for one token
+        per_in = norm(layer.norm1) * dim + one * (1 if scores_only else 2)  # k (+ v)
+        per_in += norm(getattr(attn, "k_norm", nn.Identity())) * attn_dim
+        query = one + norm(getattr(attn, "q_norm", nn.Identity())) * attn_dim
+        per_out = query
+        if not scores_only:
+            per_out += _linear_cost(getattr(attn, "gate", None))  # optional gated attention (query side)
+            per_out += norm(getattr(attn, "norm", nn.Identity())) * attn_dim + _linear_cost(attn.proj)
+            if mlp:
+                per_out += norm(layer.norm2) * dim + _per_token_cost(layer.mlp)
+        score = heads * head_dim
+        return LayerCost(float(per_in), float(per_out), float(score * (1 if scores_only else ATTN_MATMULS)),
+                         float(query), float(score))

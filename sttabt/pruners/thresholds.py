@@ -39,7 +39,7 @@ def thresholds_in_use(base: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
 def received_attention(probs: torch.Tensor, live: torch.Tensor, length: torch.Tensor | int) -> torch.Tensor:
     """(B, T) scores from probabilities, per head (B, H, T, T) or averaged over heads (B, T, T);
     ``live`` (B, T): the queries that vote (0/1 or bool); ``length``: the ``N``, an int or a (B,) tensor."""
-    if isinstance(length, torch.Tensor):
+    if isinstance(length, torch.Tensor) and length.dim() == 1:  # (a traced int is a 0-dim tensor)
         length = length.to(probs.dtype)[:, None]
     if probs.dim() == 4:
         return torch.einsum("bhqk,bq->bk", probs, live.to(probs.dtype)) / (probs.shape[1] * length)
