@@ -89,6 +89,7 @@ class Step:
     method: str | None = None
     train_examples: int | None = None
     after: tuple[str, ...] = field(default=())  # the training steps whose model it evaluates
+    setting: tuple[tuple[str, float], ...] = ()  # what the rows' own results do not say (a concrete p-logit)
 
     @property
     def command(self) -> str:
@@ -104,11 +105,11 @@ def _train_common(s: StudySettings) -> list[str]:
 
 
 def _eval(s: StudySettings, name: str, checkpoint: str, method: str, train_examples: int, after: Sequence[str],
-          *extra: str) -> Step:
+          *extra: str, setting: tuple[tuple[str, float], ...] = ()) -> Step:
     output = f"{s.out}/eval/{name}.json"
     argv = ("tools/eval_glue.py", "--checkpoint", checkpoint, "--task", s.task, "--data_dir", s.data_dir,
             "--batch_size", "64", *extra, "--output", output, "--overwrite_output_dir")
-    return Step(f"eval {name}", argv, output, method, train_examples, tuple(after))
+    return Step(f"eval {name}", argv, output, method, train_examples, tuple(after), setting)
 
 
 def plan(s: StudySettings) -> list[Step]:
@@ -167,7 +168,7 @@ def plan(s: StudySettings) -> list[Step]:
                                                   "--lr", _fmt(s.concrete_lr), "--bs", bs, "--no_load",
                                                   "--overwrite_output_dir", *common), f"{run}/eval_results.json"))
         steps.append(_eval(s, f"concrete_{_fmt(v)}", run, "sttabt_concrete", s.budget,
-                           ["scout distillation", f"concrete {_fmt(v)}"]))
+                           ["scout distillation", f"concrete {_fmt(v)}"], setting=(("p_logit", v),)))
 
     rates = [_fmt(k) for k in s.keep_rates]
     steps.append(_eval(s, "abt", scout, "abt", scout_examples, ["scout distillation"],
@@ -199,7 +200,7 @@ def rows_of(step: Step, steps: Sequence[Step], task: str) -> list[dict]:
                     "metric": float(row[metric_name]), "metric_name": metric_name,
                     "relative_flops": float(row["relative_flops"]), "kept": float(row["kept_mean"]),
                     "kept_per_layer": [round(float(k), 4) for k in row["kept_per_layer"]],
-                    "setting": _setting(row), "max_abs_diff_pruned_masked": row.get("max_abs_diff_pruned_masked"),
+                    "setting": {**_setting(row), **dict(step.setting)}, "max_abs_diff_pruned_masked": row.get("max_abs_diff_pruned_masked"),
                     "command": chain})
     return out
 

@@ -78,3 +78,43 @@ def cifar_study_figure(data: dict):
     return study_figure(data["rows"], f"CIFAR-10 subset ({data.get('images', '?')} test images)", metric="top1",
                         x="relative_gflops", ylabel="top-1 (%)", budget_key="extra_epochs", unit="extra epochs",
                         scale=1.0)
+
+
+METHOD_NAMES = {"dense": "dense", "dense_control": "dense control", "ltp": "LTP", "sttabt_concrete": "STTABT concrete",
+                "abt": "ABT (scout)", "manual_topk": "manual top-k", "manual_threshold": "manual threshold"}
+METHOD_ORDER = tuple(METHOD_NAMES)
+
+
+def _setting(row: dict) -> str:
+    setting = row.get("setting") or {}
+    if "p_logit" in setting:
+        return f"p-logit {setting['p_logit']:g}"
+    if "final_token_threshold" in setting:
+        return f"threshold {setting['final_token_threshold']:g}"
+    if "token_keep_rate" in setting:
+        return f"keep {setting['token_keep_rate']:g}"
+    return ""
+
+
+def text_study_tables(data: dict) -> dict[str, str]:
+    """``{task: markdown table}`` of a ``text_study.json``: every row with its setting, training
+    examples, metric (x 100), the differences to the dense model and the dense control, relative
+    FLOPs and kept share; methods in a fixed order, each sorted by relative FLOPs."""
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in data["rows"]:
+        by_task[r["task"]].append(r)
+    tables = {}
+    for task, rows in sorted(by_task.items()):
+        reference = {m: next((100 * r["metric"] for r in rows if r["method"] == m), None)
+                     for m in ("dense", "dense_control")}
+        lines = ["| method | setting | train examples | metric | Δ dense | Δ control | relative FLOPs | kept |",
+                 "|---|---|---|---|---|---|---|---|"]
+        order = {m: i for i, m in enumerate(METHOD_ORDER)}
+        for r in sorted(rows, key=lambda r: (order.get(r["method"], len(order)), r["method"], r["relative_flops"])):
+            metric = 100 * r["metric"]
+            deltas = [f"{metric - ref:+.2f}" if ref is not None else "" for ref in reference.values()]
+            kept = "" if r.get("kept") is None else f"{r['kept']:.2f}"
+            lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {_setting(r)} | {r['train_examples']:,} | "
+                         f"{metric:.2f} | {deltas[0]} | {deltas[1]} | {r['relative_flops']:.3f} | {kept} |")
+        tables[task] = "\n".join(lines) + "\n"
+    return tables

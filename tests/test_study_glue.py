@@ -88,12 +88,14 @@ def test_rows_of_a_sweep_and_merging(tmp_path):
                kept_per_layer=[1.0, 0.5], max_abs_diff_pruned_masked=1e-6)
     path.write_text(json.dumps({"task": "MRPC", "rows": [{**row, "token_keep_rate": 0.3},
                                                           {**row, "token_keep_rate": 0.5, "relative_flops": 0.7}]}))
-    abt = type(abt)(abt.name, abt.argv, str(path), abt.method, abt.train_examples, abt.after)
+    abt = type(abt)(abt.name, abt.argv, str(path), abt.method, abt.train_examples, abt.after, (("p_logit", -1.0),))
     rows = rows_of(abt, steps, "MRPC")
     assert [r["relative_flops"] for r in rows] == [0.5, 0.7]
     assert {"task", "method", "train_examples", "metric", "relative_flops", "command"} <= set(rows[0])
     assert rows[0]["method"] == "abt" and rows[0]["train_examples"] == 250
-    assert rows[0]["setting"] == {"prune_mode": "sttabt_abt", "token_keep_rate": 0.3}
+    assert rows[0]["setting"] == {"prune_mode": "sttabt_abt", "token_keep_rate": 0.3, "p_logit": -1.0}
+    concrete = [step for step in steps if step.method == "sttabt_concrete"]
+    assert [dict(step.setting) for step in concrete] == [{"p_logit": v} for v in s.p_logits]
     chain = rows[0]["command"]  # how the scout was made, then how it was scored
     assert chain.index("tools/distill_scout_glue.py") < chain.index("tools/eval_glue.py") and " && " in chain
     old = [{"task": "MRPC", "method": "dense"}, {"task": "SST2", "method": "dense"}]
@@ -122,5 +124,10 @@ def test_plot_draws_one_figure_per_task(tmp_path):
     for task in ("sst2", "mrpc"):
         svg = (tmp_path / "fig" / f"text_{task}.svg").read_text()
         assert "LTP (soft, then hard), 100 examples" in svg and "dense control (trained as long)" in svg
+        table = (tmp_path / "fig" / f"text_{task}.md").read_text().splitlines()
+        assert len(table) == 2 + 5 and table[2].startswith("| dense |")
+        ltp = [line for line in table if line.startswith("| LTP |")]
+        assert [line.split(" | ")[6] for line in ltp] == ["0.400", "0.600"]      # sorted by FLOPs
+        assert ltp[0].split(" | ")[4:6] == ["+2.00", "+1.00"]                  # vs dense 80, control 81
     (tmp_path / "bad.json").write_text("{}")
     assert plot.main(["--study", str(tmp_path / "bad.json"), "--out", str(tmp_path / "fig")]) == 2

@@ -21,7 +21,8 @@ manual threshold, dense) and ``<name>_glue.json``.
 ``--study``: ``docs/results/text_study.json`` (``tools/study_glue.py``; one figure per task,
 ``<name>_<task>.png/.svg``: the metric against relative FLOPs, every method, dense and the dense
 control as lines, each series' training budget in the legend) or ``cifar_study.json``
-(``tools/study_cifar.py``; ``<name>_cifar.png/.svg``).
+(``tools/study_cifar.py``; ``<name>_cifar.png/.svg``); for the text study also each task's table
+(``<name>_<task>.md``, the rows as docs/RESULTS.md shows them).
 
 Missing or partial inputs are named on stderr and what exists is still drawn; ``--strict`` makes
 that exit with status 1. Exit status 2 when nothing could be drawn, and when a ``results.json``,
@@ -40,7 +41,7 @@ from ltp_nlp.results import read_glue
 from sttabt.checkpoint import atomic_write
 from sttabt.figures import glue_figure, published_points, save_figure, sweep_figure
 from sttabt.results import ResultsFileError, read_sweeps
-from sttabt.study_figures import cifar_study_figure, text_study_figures
+from sttabt.study_figures import cifar_study_figure, text_study_figures, text_study_tables
 
 
 def _write_json(path, payload) -> None:
@@ -94,6 +95,11 @@ def main(argv=None) -> int:
             continue
         for name, fig in figures.items():
             written += save_figure(fig, args.out, f"{args.name}_{name.lower()}")
+        if "top1" not in (data["rows"] or [{}])[0]:  # the text study's tables, as docs/RESULTS.md shows them
+            for name, table in text_study_tables(data).items():
+                table_path = f"{args.out}/{args.name}_{name.lower()}.md"
+                atomic_write(table_path, lambda f, t=table: f.write(t), mode="w")
+                written.append(table_path)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     if not written:
