@@ -18,13 +18,12 @@ from typing import Sequence
 import torch.nn.functional as F
 
 from sttabt.approx import resize_linear
-from sttabt.executors import HostOutput
-from sttabt.hosts.bert import query_key
+from sttabt.executors import HostOutput, core
+from sttabt.hosts.bert import BertAdapter, query_key
 from sttabt.pruners.qk import QKAttention
 
-from .executors import masked_layer, run_dense
-from .host import (SEQUENCE_CLASSIFIERS, attention_logits, attention_output, embed, feed_forward, merge_heads,
-                   query_key_value)
+from .executors import run_dense
+from .host import SEQUENCE_CLASSIFIERS, attention_output, embed, feed_forward, merge_heads, query_key_value
 
 HIDDEN_WEIGHT_TEXT = 1.0  # weight of L_hid for text (0.01 for images)
 
@@ -44,12 +43,7 @@ def planning_attention(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tens
     :class:`QKAttention` whose maps are the head-averaged probabilities over the valid keys."""
     last = len(layers) - 1
     if kind == "logits":
-        seen = []
-        for layer in layers[:last]:
-            x, _, logits = masked_layer(layer, x, valid)
-            seen.append(logits)
-        q, k = query_key(layers[last], x)
-        return tuple(seen) + (attention_logits(layers[last], q, k),)
+        return core.planned_masked(BertAdapter(layers), x, None, valid, record="logits", scores_only=True).attention
     if kind != "probs":
         raise ValueError(f"attention must be 'logits' or 'probs', got {kind!r}")
     keys = valid.bool()[:, None, None, :]

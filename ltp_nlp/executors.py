@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sttabt.executors import core
@@ -62,23 +61,14 @@ def masked_layer(layer: nn.Module, x: torch.Tensor, keys: torch.Tensor, m_in: to
 
 
 def run_dense(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, *, record: bool = False) -> EncoderOutput:
-    """No pruning; ``record`` keeps every layer's attention logits and hidden states (scout, teacher).
-    Without ``record`` attention is fused (scaled_dot_product_attention), as in transformers."""
+    """No pruning; ``record`` keeps every layer's attention logits and hidden states (scout, teacher:
+    :func:`sttabt.executors.core.planned_masked` without a plan). Without ``record`` attention is fused
+    (scaled_dot_product_attention), as in transformers (:func:`sttabt.executors.core.dense`)."""
     counts = valid.sum(-1).to(x.dtype).expand(len(layers) + 1, -1)
     if not record:
-        keys = valid.bool()[:, None, None, :]
-        for layer in layers:
-            q, k, v = query_key_value(layer, x)
-            drop = layer.attention.self.dropout
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=drop.p if drop.training else 0.0)
-            x = feed_forward(layer, attention_output(layer, merge_heads(context), x))
-        return EncoderOutput(x, counts)
-    seen, states = [], [x]
-    for layer in layers:
-        x, _, logits = masked_layer(layer, x, valid)
-        seen.append(logits)
-        states.append(x)
-    return EncoderOutput(x, counts, attention=tuple(seen), hidden_states=tuple(states))
+        return EncoderOutput(core.dense(BertAdapter(layers), x, valid).tokens, counts)
+    run = core.planned_masked(BertAdapter(layers), x, None, valid, record="logits")
+    return EncoderOutput(run.tokens, counts, attention=run.attention, hidden_states=run.hidden)
 
 
 def run_online_masked(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, decide: Decide, *,

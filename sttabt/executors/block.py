@@ -23,6 +23,15 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matrix products on ``x`` produce: the autocast dtype inside ``torch.autocast`` on
+    ``x``'s device (e.g. bfloat16), else ``x``'s own. The reused attention buffer must have it."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, N, H * d) -> (B, H, N, d), a view."""
     b, n, _ = x.shape

@@ -2,9 +2,11 @@
 pruner, masked (dense shapes) or pruned (tokens really removed, batched).
 
 * planned: a (L + 1, B, T) plan made before the host runs (``plan[l]``: keys and values of layer
-  ``l``, ``plan[l + 1]``: its outputs). Pruned: the tokens are sorted once by how many sets they
+  ``l``, ``plan[l + 1]``: its outputs). Masked: optionally records each layer's attention and hidden
+  states (scouts, teachers, the oracle). Pruned: the tokens are sorted once by how many sets they
   belong to, so every layer's keys and outputs are prefixes of the sequence; per-sample counts run
-  each layer on the batch maximum with a key padding mask.
+  each layer on the batch maximum with a key padding mask; static counts given as ints need no host
+  sync (the pass compiles and exports). ``planned_pruned_states``: every token's state, pruned.
 * online: ``decide(layer, probs, live)`` after each layer's attention (probabilities (B, H, n, n) over
   the live keys, ``live`` (B, n) bool) returns the layer's output set (bool) or, in a soft stage, a
   mask that multiplies the layer's output (every real token stays a key). Hard, masked: a dropped
@@ -18,9 +20,10 @@ when every token is real (images).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..hosts.base import HostAdapter
 
@@ -31,8 +34,10 @@ Decide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass
 class Run:
     tokens: torch.Tensor      # (B, n, D) the last layer's tokens (pruned: packed or sorted, prefix first)
-    masks: torch.Tensor       # (L + 1, B, T) the sets in the input's token order (online: as decided)
+    masks: torch.Tensor | None  # (L + 1, B, T) the sets in the input's token order (online: as decided)
     token_mask: torch.Tensor | None  # (B, n) the real rows of ``tokens`` (None: all)
+    attention: tuple[torch.Tensor, ...] = ()  # recorded: each layer's attention (planned_masked)
+    hidden: tuple[torch.Tensor, ...] = ()     # recorded: the input, then each layer's output
 
 
 def survival_order(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,27 +53,99 @@ def take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def planned_masked(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor, valid: torch.Tensor | None = None
-                   ) -> Run:
+def survival_index(masks: torch.Tensor) -> torch.Tensor:
+    """(B, T) token order of a hard plan (see :func:`survival_order`) through ``topk`` on a unique key
+    (sets a token belongs to, ties by lower index): the same order as the stable sort, and a form
+    every exporter takes (ONNX ``TopK``)."""
+    tokens = masks.shape[-1]
+    survive = (masks > 0.5).sum(0)
+    key = survive * tokens + torch.arange(tokens - 1, -1, -1, device=masks.device)
+    return key.topk(tokens, dim=-1).indices
+
+
+def dense(host: HostAdapter, x: torch.Tensor, valid: torch.Tensor | None = None) -> Run:
+    """No plan: the host's own layers (fused attention over the ``valid`` keys)."""
+    key_mask = None if valid is None else valid.bool()[:, None, None, :]
+    for layer in host.layers:
+        x = host.dense_layer(layer, x, key_mask)
+    return Run(x, None, None)
+
+
+def planned_masked(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor | None, valid: torch.Tensor | None = None,
+                   *, record: str | None = None, scores_only: bool = False, checkpointing: bool = False) -> Run:
+    """Soft or 0/1 plan (None: nothing masked), dense shapes. ``record``: keep each layer's attention
+    (``"logits"`` or ``"probs"``, see the adapter's ``recorded_layer``) and the hidden states.
+    ``scores_only``: stop at the last layer's attention scores (``tokens``: that layer's input); implies
+    ``record`` (default ``"logits"``).
+    Without autograd one attention workspace (``host.workspace``) serves every layer; with it,
+    ``checkpointing`` recomputes each layer in the backward pass."""
+    if scores_only and record is None:
+        record = "logits"
+    workspace = None if torch.is_grad_enabled() else host.workspace(x)
+    seen, hidden = [], [x] if record else []
+    last = len(host.layers) - 1
     for layer_index, layer in enumerate(host.layers):
-        x = host.masked_layer(layer, x, plan[layer_index], plan[layer_index + 1], valid)
-    return Run(x, plan, None)
+        if scores_only and layer_index == last:
+            seen.append(host.scores(layer, x, record, valid, workspace))
+            break
+        m_in = None if plan is None else plan[layer_index]
+        m_out = None if plan is None else plan[layer_index + 1]
+        if checkpointing and torch.is_grad_enabled():
+            x, scores = checkpoint(host.recorded_layer, layer, x, m_in, m_out, valid, record=record,
+                                   use_reentrant=False)
+        else:
+            x, scores = host.recorded_layer(layer, x, m_in, m_out, valid, record=record, workspace=workspace)
+        if record:
+            seen.append(scores)
+            hidden.append(x)
+    return Run(x, plan, None, tuple(seen), tuple(hidden))
 
 
-def planned_pruned(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor) -> Run:
-    """Hard plan; counts read once from the device (the one host sync)."""
-    order, counts = survival_order(plan)
-    widest = counts.amax(-1)
-    ragged = counts.amin(-1) != widest
-    widest, ragged = torch.stack((widest, ragged.long())).tolist()
+def planned_pruned(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor, counts: Sequence[int] | None = None
+                   ) -> Run:
+    """Hard plan; the set sizes read once from the device (the one host sync). ``counts``: the plan's
+    L + 1 set sizes as ints, equal for every sample (the static budget): the order through ``topk``,
+    no key mask, no host sync, static shapes; ``token_mask`` is then None."""
+    if counts is None:
+        order, sizes = survival_order(plan)
+        widest = sizes.amax(-1)
+        ragged = sizes.amin(-1) != widest
+        widest, ragged = torch.stack((widest, ragged.long())).tolist()
+        position = torch.arange(widest[0], device=x.device)
+    else:
+        order, widest, ragged = survival_index(plan), list(counts), [0] * len(counts)
     x = take(x, order[:, : widest[0]])
-    position = torch.arange(widest[0], device=x.device)
     for layer_index, layer in enumerate(host.layers):
         key_mask = None
         if ragged[layer_index]:
-            key_mask = (position[: widest[layer_index]] < counts[layer_index, :, None])[:, None, None, :]
-        x = host.pruned_layer(layer, x[:, : widest[layer_index]], widest[layer_index + 1], key_mask)
-    return Run(x, plan, position[: widest[-1]] < counts[-1, :, None])
+            key_mask = (position[: widest[layer_index]] < sizes[layer_index, :, None])[:, None, None, :]
+        x = host.pruned_layer(layer, x, widest[layer_index + 1], key_mask)
+    return Run(x, plan, None if counts is not None else position[: widest[-1]] < sizes[-1, :, None])
+
+
+def planned_pruned_states(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor, record: bool = False) -> Run:
+    """Every token's state after the last layer under a hard plan, in the input's order: a row the
+    pruned layer does not compute (dropped, or padding of a per-sample count) keeps its last value,
+    as in the masked semantics. ``record``: the input and every layer's output too (``hidden``)."""
+    order, counts = survival_order(plan)
+    widest = counts.amax(-1).tolist()
+    index = order[..., None].expand(-1, -1, x.shape[-1])
+    state = x.gather(1, index)                      # sorted: prefix tokens, then the longest survivors
+    position = torch.arange(state.shape[1], device=x.device)
+    states = [state] if record else []
+    for layer_index, layer in enumerate(host.layers):
+        n_in, n_out = widest[layer_index], widest[layer_index + 1]
+        key_mask = (position[:n_in] < counts[layer_index, :, None])[:, None, None, :]
+        out = host.pruned_layer(layer, state[:, :n_in], n_out, key_mask)
+        kept = (position[:n_out] < counts[layer_index + 1, :, None])[..., None]
+        state = torch.cat((torch.where(kept, out, state[:, :n_out]), state[:, n_out:]), 1)
+        if record:
+            states.append(state)
+
+    def restore(t: torch.Tensor) -> torch.Tensor:  # sorted row j is token order[j]
+        return torch.empty_like(t).scatter_(1, index, t)
+
+    return Run(restore(state), plan, None, hidden=tuple(restore(s) for s in states))
 
 
 def online_masked(host: HostAdapter, x: torch.Tensor, decide: Decide, valid: torch.Tensor | None = None, *,

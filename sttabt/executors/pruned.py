@@ -7,6 +7,7 @@ are prefixes of the sorted sequence and a layer only slices. With equal counts a
 and a key padding mask hides the padding. Both read the counts from the plan, one host sync.
 With static counts given as ints (the ``"static"`` budget) nothing is read back from the device: the
 shapes are known ahead, so the pass compiles (``torch.compile(fullgraph=True)``) and exports.
+The loop is :func:`sttabt.executors.core.planned_pruned` on the timm adapter.
 """
 from __future__ import annotations
 
@@ -16,29 +17,8 @@ import torch
 from torch import nn
 
 from ..hosts.timm_vit import TimmViTAdapter
-from .block import pruned_block
-from .core import planned_pruned, survival_order  # noqa: F401  (survival_order: re-exported)
+from .core import planned_pruned, survival_index, survival_order  # noqa: F401  (re-exported)
 from .host import embed, head
-
-
-def survival_index(masks: torch.Tensor) -> torch.Tensor:
-    """(B, T) token order of a hard plan (see :func:`survival_order`) through ``topk`` on a unique key
-    (sets a token belongs to, ties by lower index): the same order as the stable sort, and a form
-    every exporter takes (ONNX ``TopK``)."""
-    tokens = masks.shape[-1]
-    survive = (masks > 0.5).sum(0)
-    key = survive * tokens + torch.arange(tokens - 1, -1, -1, device=masks.device)
-    return key.topk(tokens, dim=-1).indices
-
-
-def _forward_static(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, counts: Sequence[int]
-                    ) -> torch.Tensor:
-    x = embed(model, images)
-    order = survival_index(masks)[:, : counts[0]]
-    x = x.gather(1, order[:, :, None].expand(-1, -1, x.shape[-1]))
-    for layer, block in enumerate(model.blocks):
-        x = pruned_block(block, x, counts[layer + 1])
-    return head(model, x, None)
 
 
 def forward_pruned(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
@@ -50,6 +30,6 @@ def forward_pruned(model: nn.Module, images: torch.Tensor, masks: torch.Tensor,
     if counts is not None:
         if len(counts) != masks.shape[0]:
             raise ValueError(f"need one count per set of the plan ({masks.shape[0]}), got {len(counts)}")
-        return _forward_static(model, images, masks, [int(c) for c in counts])
-    run = planned_pruned(TimmViTAdapter(model), embed(model, images), masks)
+        counts = [int(c) for c in counts]
+    run = planned_pruned(TimmViTAdapter(model), embed(model, images), masks, counts)
     return head(model, run.tokens, run.token_mask)

@@ -8,6 +8,10 @@ own norm order (pre-norm timm blocks, post-norm BERT layers):
 * ``finish(layer, x, probs, values, m_out)``: the attention output, residuals, norms and feed-forward,
   a token outside ``m_out`` passing through unchanged;
 * ``masked_layer(layer, x, m_in, m_out, keys)``: the planned masked semantics (DESIGN.md section 3.4);
+  ``recorded_layer``: the same, also returning the layer's attention (logits or head-averaged probs);
+* ``scores(layer, x, record, keys, workspace)``: that attention alone (a scout's last layer);
+* ``workspace(x)``: an attention buffer every layer may reuse at inference (None: none);
+* ``dense_layer(layer, x, key_mask)``: the host's own layer, fused attention (no plan);
 * ``pruned_layer(layer, x, n_out, key_mask)``: fused attention on sorted tokens, first ``n_out`` out;
 * ``prefix``: how many leading tokens are always kept.
 

@@ -33,6 +33,29 @@ class HostAdapter:
         """The layer under a plan's input and output masks, dense shapes (soft or 0/1)."""
         raise NotImplementedError
 
+    def recorded_layer(self, layer: nn.Module, x: torch.Tensor, m_in: torch.Tensor | None,
+                       m_out: torch.Tensor | None, keys: torch.Tensor | None, *, record: str | None = None,
+                       workspace: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``masked_layer`` (masks None: keep all) that also returns the layer's attention as ``record``
+        says: ``"logits"``, pre-softmax (B, H, T, T), or ``"probs"``, the probabilities it used averaged
+        over heads (B, T, T); None without ``record``. ``workspace``: see :meth:`workspace`."""
+        raise NotImplementedError
+
+    def scores(self, layer: nn.Module, x: torch.Tensor, record: str, keys: torch.Tensor | None = None,
+               workspace: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer's attention on ``x`` in ``record``'s form, computing no more than needed for it."""
+        raise NotImplementedError
+
+    def workspace(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A (B, H, T, T) buffer that ``recorded_layer`` and ``scores`` may reuse for the attention matrix
+        of every layer, without autograd only; None: the adapter allocates per layer."""
+        return None
+
+    def dense_layer(self, layer: nn.Module, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """The host's own layer, fused attention (with its attention dropout when training);
+        ``key_mask``: (B, 1, 1, n) bool, False for padding keys."""
+        raise NotImplementedError
+
     def pruned_layer(self, layer: nn.Module, x: torch.Tensor, n_out: int, key_mask: torch.Tensor | None
                      ) -> torch.Tensor:
         """The layer on (B, n_in, D) sorted tokens, fused attention, the first ``n_out`` tokens' outputs;

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..executors.block import _recorded
 from .base import HostAdapter
 from transformers import (BertForSequenceClassification, IBertForSequenceClassification,
                           RobertaForSequenceClassification)
@@ -132,10 +134,32 @@ class BertAdapter(HostAdapter):
         return y if m_out is None else x + m_out * (y - x)  # post-norm: a dropped token passes through
 
     def masked_layer(self, layer, x, m_in, m_out, keys):
-        probs, v = self.attention(layer, x, keys)
-        probs = probs * m_in[:, None, None, :]
-        probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
-        return self.finish(layer, x, probs, v * m_in[:, None, :, None], m_out.unsqueeze(-1))
+        return self.recorded_layer(layer, x, m_in, m_out, keys)[0]
+
+    def recorded_layer(self, layer, x, m_in, m_out, keys, *, record=None, workspace=None):
+        q, k, v = query_key_value(layer, x)
+        logits = attention_logits(layer, q, k)
+        probs = (logits if keys is None else logits + key_bias(keys, logits.dtype)).softmax(-1)
+        if m_in is not None:
+            probs = probs * m_in[:, None, None, :]
+            probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
+            v = v * m_in[:, None, :, None]
+        y = self.finish(layer, x, probs, v, None if m_out is None else m_out.unsqueeze(-1))
+        return y, _recorded(record, logits, probs)
+
+    def scores(self, layer, x, record, keys=None, workspace=None):
+        q, k = query_key(layer, x)  # no values: nothing reads them
+        logits = attention_logits(layer, q, k)
+        if record == "logits":
+            return logits
+        return (logits if keys is None else logits + key_bias(keys, logits.dtype)).softmax(-1).mean(1)
+
+    def dense_layer(self, layer, x, key_mask):
+        q, k, v = query_key_value(layer, x)
+        drop = layer.attention.self.dropout
+        p = drop.p if drop.training else 0.0
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
+        return feed_forward(layer, attention_output(layer, merge_heads(context), x))
 
     def pruned_layer(self, layer, x, n_out, key_mask):
         q, k, v = query_key_value(layer, x, n_out)

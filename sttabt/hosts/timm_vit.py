@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..executors.block import PROB_EPS, _merge, _mlp, _split_heads, masked_block, pruned_block
+from ..executors.block import (PROB_EPS, _merge, _mlp, _split_heads, attention_scores, compute_dtype, masked_block,
+                               pruned_block)
 from .base import HostAdapter
 
 
@@ -44,6 +45,19 @@ class TimmViTAdapter(HostAdapter):
 
     def masked_layer(self, layer, x, m_in, m_out, keys):
         return masked_block(layer, x, m_in, m_out)[0]
+
+    def recorded_layer(self, layer, x, m_in, m_out, keys, *, record=None, workspace=None):
+        return masked_block(layer, x, m_in, m_out, record=record, workspace=workspace)
+
+    def scores(self, layer, x, record, keys=None, workspace=None):
+        return attention_scores(layer, x, record, workspace)
+
+    def workspace(self, x):
+        heads = self.model.blocks[0].attn.num_heads
+        return x.new_empty(x.shape[0], heads, x.shape[1], x.shape[1], dtype=compute_dtype(x))
+
+    def dense_layer(self, layer, x, key_mask):
+        return layer(x) if key_mask is None else layer(x, attn_mask=key_mask)
 
     def pruned_layer(self, layer, x, n_out, key_mask):
         return pruned_block(layer, x, n_out, key_mask)
