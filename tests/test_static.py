@@ -5,7 +5,8 @@ import torch
 import sttabt
 from sttabt.calibrate import nested_counts
 from sttabt.executors import forward_masked
-from sttabt.pruners.masks import backward_counts, descending_rank, fill_to_count, forward_counts
+from sttabt.pruners.masks import (backward_counts, descending_rank, fill_to_count, forward_counts,
+                                  pairwise_descending_rank)
 
 from conftest import tiny
 
@@ -180,6 +181,21 @@ def test_descending_rank_is_a_stable_sort():
     assert torch.equal(descending_rank(random), expected)
     keep = fill_to_count(random, torch.zeros_like(random, dtype=torch.bool), torch.full((5,), 7))
     assert (keep.sum(-1) == 7).all()
+
+
+def test_the_exportable_rank_equals_the_sort():
+    """Eager ranks by a stable sort, graph captures by pairwise comparison: the same ranks, ties
+    (many here), infinities and both signs of zero included."""
+    torch.manual_seed(0)
+    score = torch.randint(-3, 4, (6, 50)).float()
+    score[0, :5] = float("inf")
+    score[1, 5:9] = -float("inf")
+    score[2, ::2] = -0.0
+    assert torch.equal(descending_rank(score), pairwise_descending_rank(score))
+    wide = torch.randn(4, 197)
+    assert torch.equal(descending_rank(wide), pairwise_descending_rank(wide))
+    traced = torch.jit.trace(descending_rank, (wide,))  # a capture takes the pairwise form: no sort node
+    assert "sort" not in str(traced.graph) and torch.equal(traced(score), descending_rank(score))
 
 
 def test_static_model_trains_on_soft_masks():

@@ -107,15 +107,30 @@ def fill_to_count(score: torch.Tensor, must_keep: torch.Tensor, count: torch.Ten
 
 def descending_rank(score: torch.Tensor) -> torch.Tensor:
     """(B, T) rank of every token in its row, best first, ties by lower index: the position a stable
-    descending sort gives it. Counted by pairwise comparison, ``#{j: s_j > s_i} + #{j < i: s_j = s_i}``,
-    which, unlike a stable sort, every exporter takes (ONNX has no stable ``Sort``); (B, T, T) booleans,
-    small next to the attention maps the scores come from."""
+    descending sort gives it. Eager: that sort. Inside a graph capture (``torch.compile``,
+    ``torch.export``, ONNX export, tracing): :func:`pairwise_descending_rank`, the same ranks in a
+    form every exporter takes (ONNX has no stable ``Sort``)."""
+    if _capturing():
+        return pairwise_descending_rank(score)
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    positions = torch.arange(score.shape[-1], device=score.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
+
+
+def pairwise_descending_rank(score: torch.Tensor) -> torch.Tensor:
+    """:func:`descending_rank` counted by pairwise comparison, ``#{j: s_j > s_i} + #{j < i: s_j = s_i}``:
+    (B, T, T) booleans, no sort."""
     tokens = score.shape[-1]
     index = torch.arange(tokens, device=score.device)
     earlier = index[None, :] < index[:, None]                       # [i, j]: j before i
     other, this = score[:, None, :], score[:, :, None]
     beats = (other > this) | ((other == this) & earlier)
     return beats.sum(-1)
+
+
+def _capturing() -> bool:
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
