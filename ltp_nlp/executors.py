@@ -18,21 +18,13 @@ front and every layer runs on the batch's largest count with a key padding mask.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from sttabt.executors import core
+from sttabt.executors.core import Decide  # (layer, probs, live) -> keep mask
 from sttabt.hosts.bert import BertAdapter
-
-from .host import (attention_logits, attention_output, feed_forward, key_bias, merge_heads, probs_dropout,
-                   query_key_value)
-
-PROB_EPS = 1e-12  # guards the renormalisation of attention rows under a plan
-
-# An online decision: (layer, probs (B, H, n, n), live (B, n) bool) -> keep mask (B, n), bool or soft
-Decide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -42,22 +34,6 @@ class EncoderOutput:
     masks: tuple[torch.Tensor, ...] = ()      # online, masked: each layer's keep mask (B, T)
     attention: tuple[torch.Tensor, ...] = ()  # recorded pre-softmax logits (B, H, T, T) per layer
     hidden_states: tuple[torch.Tensor, ...] = field(default_factory=tuple)  # embedding, then each layer
-
-
-def masked_layer(layer: nn.Module, x: torch.Tensor, keys: torch.Tensor, m_in: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One layer on (B, T, D) tokens; ``keys`` (B, T) says which tokens attention may read; an optional
-    plan mask ``m_in`` (B, T) multiplies values and attention over keys (rows renormalised).
-    Returns the new tokens, the probabilities (B, H, T, T) and the logits."""
-    q, k, v = query_key_value(layer, x)
-    logits = attention_logits(layer, q, k)
-    probs = (logits + key_bias(keys, logits.dtype)).softmax(-1)
-    if m_in is not None:
-        probs = probs * m_in[:, None, None, :]
-        probs = probs / probs.sum(-1, keepdim=True).clamp_min(PROB_EPS)
-        v = v * m_in[:, None, :, None]
-    a = attention_output(layer, merge_heads(probs_dropout(layer, probs) @ v), x)
-    return feed_forward(layer, a), probs, logits
 
 
 def run_dense(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, *, record: bool = False) -> EncoderOutput:

@@ -12,17 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .capture import capturing
+
 __all__ = ["check_images", "check_factor", "check_depth", "install_host_check"]
-
-
-def _tracing() -> bool:
-    """True while torch.compile / torch.export (dynamo), TorchScript or torch.fx trace the model."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return True
-    from torch.fx import _symbolic_trace as fx
-
-    symbolic = getattr(fx, "is_fx_symbolic_tracing", None)  # newer torch; is_fx_tracing warns there
-    return symbolic() if symbolic is not None else fx.is_fx_tracing()
 
 
 def _in_chans(host: nn.Module) -> int:
@@ -33,7 +25,7 @@ def _in_chans(host: nn.Module) -> int:
 def check_images(images, host: nn.Module) -> None:
     """Raise ``TypeError`` / ``ValueError`` unless ``images`` is a (B >= 1, C, H, W) floating-point
     tensor of finite values with the channels and image size of the timm ``host``."""
-    if _tracing():
+    if capturing():
         return
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"the model takes a (B, C, H, W) tensor of images, got {type(images).__name__}; "

@@ -91,5 +91,5 @@ def test_adapters_share_one_interface():
     adapters = (TimmViTAdapter(vit), BertAdapter(encoder("bert")[1]))
     assert all(isinstance(a, HostAdapter) for a in adapters)
     assert adapters[0].prefix == 3 and adapters[1].prefix == 1
-    for name in ("attention", "finish", "masked_layer", "pruned_layer"):
+    for name in ("attention", "finish", "recorded_layer", "scores", "dense_layer", "pruned_layer", "layer_cost"):
         assert all(getattr(type(a), name) is not getattr(HostAdapter, name) for a in adapters), name

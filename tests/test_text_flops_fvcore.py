@@ -77,7 +77,11 @@ def test_online_pruned_encoder_counts_the_dropped_queries(layers, pruner):
 
 @pytest.mark.parametrize("kind", ["logits", "probs"])
 def test_planning_pass(layers, kind):
-    """The scout's pass stops at the last layer's scores: Q, K, V and the scores there, nothing after."""
+    """The scout's pass stops at the last layer's scores: Q, K and the scores there, nothing after. The
+    probs form leaves the scores to back-tracking (only the rows it reads); the test computes them all,
+    as the analytic count charges them (an upper bound there). fvcore's trace drops results nothing
+    uses, so work computed and thrown away is checked by tests/test_ltp_flops.py, which counts the
+    eager run."""
     x, valid = torch.randn(1, LENGTH, 16), torch.ones(1, LENGTH, dtype=torch.bool)
     counts = torch.full((DEPTH + 1, 1), float(LENGTH))
     analytic = encoder_flops(BertAdapter(layers), counts, last_attn_scores_only=True).total

@@ -88,18 +88,18 @@ def main(argv=None) -> int:
     for path in args.study:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            figures = ({"cifar": cifar_study_figure(data)} if "top1" in (data["rows"] or [{}])[0]
-                       else text_study_figures(data))
+            images = "top1" in (data["rows"] or [{}])[0]
+            figures = {"cifar": cifar_study_figure(data)} if images else text_study_figures(data)
+            tables = {} if images else text_study_tables(data)  # the text study's, as docs/RESULTS.md shows them
         except (OSError, ValueError, KeyError, IndexError) as err:
             problems.append(f"{path}: not a study JSON of tools/study_glue.py / study_cifar.py ({err})")
             continue
         for name, fig in figures.items():
             written += save_figure(fig, args.out, f"{args.name}_{name.lower()}")
-        if "top1" not in (data["rows"] or [{}])[0]:  # the text study's tables, as docs/RESULTS.md shows them
-            for name, table in text_study_tables(data).items():
-                table_path = f"{args.out}/{args.name}_{name.lower()}.md"
-                atomic_write(table_path, lambda f, t=table: f.write(t), mode="w")
-                written.append(table_path)
+        for name, table in tables.items():
+            table_path = f"{args.out}/{args.name}_{name.lower()}.md"
+            atomic_write(table_path, lambda f, t=table: f.write(t), mode="w")
+            written.append(table_path)
     for problem in problems:
         print(f"skipped: {problem}", file=sys.stderr)
     if not written:

@@ -14,13 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..capture import capturing
+
 PROB_EPS = 1e-12  # guards the renormalisation when every key of a row is masked (dropped queries)
-
-
-def _traced() -> bool:
-    """True under torch.compile / torch.export / ONNX export, where ``out=`` buffers do not belong:
-    the compiler plans memory itself, and the exporters have no ``out=`` forms of these ops."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -72,7 +68,7 @@ def _softmax_keys(logits: torch.Tensor, m_in: torch.Tensor | None, workspace: to
     With a ``workspace`` (inference only) the logits already live in it and are overwritten in
     place: no (B, H, T, T) tensor is allocated per layer, which on CPU is most of the cost.
     """
-    if workspace is None or _traced():
+    if workspace is None or capturing():
         probs = logits.softmax(-1)
         if m_in is not None:
             probs = probs * m_in[:, None, None, :]
@@ -86,7 +82,7 @@ def _softmax_keys(logits: torch.Tensor, m_in: torch.Tensor | None, workspace: to
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, scale: float, workspace: torch.Tensor | None) -> torch.Tensor:
-    if workspace is None or _traced():
+    if workspace is None or capturing():
         return (q * scale) @ k.transpose(-2, -1)
     # ``out=`` is not autocast: cast to the buffer's dtype, which is what autocast would compute in
     dtype = workspace.dtype

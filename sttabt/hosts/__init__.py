@@ -7,8 +7,8 @@ own norm order (pre-norm timm blocks, post-norm BERT layers):
   (what an online pruner reads, and what the rest of the layer needs);
 * ``finish(layer, x, probs, values, m_out)``: the attention output, residuals, norms and feed-forward,
   a token outside ``m_out`` passing through unchanged;
-* ``masked_layer(layer, x, m_in, m_out, keys)``: the planned masked semantics (DESIGN.md section 3.4);
-  ``recorded_layer``: the same, also returning the layer's attention (logits or head-averaged probs);
+* ``recorded_layer(layer, x, m_in, m_out, keys, record=, workspace=)``: the planned masked semantics
+  (DESIGN.md section 3.4), also returning the layer's attention (logits or head-averaged probs) when asked;
 * ``scores(layer, x, record, keys, workspace)``: that attention alone (a scout's last layer);
 * ``workspace(x)``: an attention buffer every layer may reuse at inference (None: none);
 * ``dense_layer(layer, x, key_mask)``: the host's own layer, fused attention (no plan);

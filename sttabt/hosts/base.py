@@ -28,16 +28,11 @@ class HostAdapter:
         0/1 (or soft) output mask, a token at 0 passing through unchanged."""
         raise NotImplementedError
 
-    def masked_layer(self, layer: nn.Module, x: torch.Tensor, m_in: torch.Tensor, m_out: torch.Tensor,
-                     keys: torch.Tensor | None) -> torch.Tensor:
-        """The layer under a plan's input and output masks, dense shapes (soft or 0/1)."""
-        raise NotImplementedError
-
     def recorded_layer(self, layer: nn.Module, x: torch.Tensor, m_in: torch.Tensor | None,
                        m_out: torch.Tensor | None, keys: torch.Tensor | None, *, record: str | None = None,
                        workspace: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``masked_layer`` (masks None: keep all) that also returns the layer's attention as ``record``
-        says: ``"logits"``, pre-softmax (B, H, T, T), or ``"probs"``, the probabilities it used averaged
+        """The layer under a plan's input and output masks ``m_in``, ``m_out`` (B, n), dense shapes, soft or
+        0/1 (None: keep all; DESIGN.md section 3.4), and the layer's attention as ``record`` says: ``"logits"``, pre-softmax (B, H, T, T), or ``"probs"``, the probabilities it used averaged
         over heads (B, T, T); None without ``record``. ``workspace``: see :meth:`workspace`."""
         raise NotImplementedError
 

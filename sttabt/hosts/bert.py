@@ -133,9 +133,6 @@ class BertAdapter(HostAdapter):
         y = feed_forward(layer, a)
         return y if m_out is None else x + m_out * (y - x)  # post-norm: a dropped token passes through
 
-    def masked_layer(self, layer, x, m_in, m_out, keys):
-        return self.recorded_layer(layer, x, m_in, m_out, keys)[0]
-
     def recorded_layer(self, layer, x, m_in, m_out, keys, *, record=None, workspace=None):
         q, k, v = query_key_value(layer, x)
         logits = attention_logits(layer, q, k)
@@ -167,20 +164,29 @@ class BertAdapter(HostAdapter):
         return feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))
 
     def layer_cost(self, layer, *, mlp=True, scores_only=False):
-        from ..flops.costs import ATTN_MATMULS, NORM_FLOPS_AFFINE, LayerCost
+        from ..flops.costs import ATTN_MATMULS, LayerCost
 
         attn, out = layer.attention.self, layer.attention.output
         q, k, v = (_weight_cost(m) for m in (attn.query, attn.key, attn.value))
         width = attn.all_head_size  # heads x head size: one (query, key) score costs that many MACs
         if scores_only:  # a planning pass's last layer: Q and K of every token, and the scores
             return LayerCost(float(k), float(q), float(width), float(q), float(width))
-        norm = NORM_FLOPS_AFFINE * out.dense.out_features  # post-norm LayerNorms (affine) on each output token
-        per_out = q + _weight_cost(out.dense) + norm
+        per_out = q + _weight_cost(out.dense) + _norm_cost(out.LayerNorm)
         if mlp:
-            per_out += _weight_cost(layer.intermediate.dense) + _weight_cost(layer.output.dense) + norm
+            per_out += (_weight_cost(layer.intermediate.dense) + _weight_cost(layer.output.dense)
+                        + _norm_cost(layer.output.LayerNorm))
         return LayerCost(float(k + v), float(per_out), float(ATTN_MATMULS * width), float(q), float(width))
 
 
 def _weight_cost(linear: nn.Module) -> int:
     """in x out of a Linear (or I-BERT's QuantLinear, float mode): one MAC per weight and token."""
     return linear.weight.shape[0] * linear.weight.shape[1]
+
+
+def _norm_cost(norm: nn.Module) -> int:
+    """FLOPs of a post-norm LayerNorm on one token: fvcore's rule for ``nn.LayerNorm``; I-BERT's
+    ``IntLayerNorm`` (float mode) is counted as the affine LayerNorm it computes."""
+    from ..flops.costs import NORM_FLOPS_AFFINE, _norm_cost_per_element
+
+    per_element = _norm_cost_per_element(norm) if isinstance(norm, nn.LayerNorm) else NORM_FLOPS_AFFINE
+    return per_element * norm.weight.shape[0]

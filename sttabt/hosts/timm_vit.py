@@ -43,9 +43,6 @@ class TimmViTAdapter(HostAdapter):
         x = x + layer.drop_path1(layer.ls1(out))
         return x + layer.drop_path2(layer.ls2(_mlp(layer.mlp, layer.norm2(x), m_out)))
 
-    def masked_layer(self, layer, x, m_in, m_out, keys):
-        return masked_block(layer, x, m_in, m_out)[0]
-
     def recorded_layer(self, layer, x, m_in, m_out, keys, *, record=None, workspace=None):
         return masked_block(layer, x, m_in, m_out, record=record, workspace=workspace)
 

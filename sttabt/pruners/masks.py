@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from ..capture import capturing
+
 BUDGETS = ("per_sample", "fixed", "static")
 CLS_INDEX = 0
 ROUNDING_DIGITS = 6  # so that 0.3 * 10 is 3 tokens, not ceil(3.0000000000000004)
@@ -110,7 +112,7 @@ def descending_rank(score: torch.Tensor) -> torch.Tensor:
     descending sort gives it. Eager: that sort. Inside a graph capture (``torch.compile``,
     ``torch.export``, ONNX export, tracing): :func:`pairwise_descending_rank`, the same ranks in a
     form every exporter takes (ONNX has no stable ``Sort``)."""
-    if _capturing():
+    if capturing():
         return pairwise_descending_rank(score)
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices
     positions = torch.arange(score.shape[-1], device=score.device).expand_as(order)
@@ -126,11 +128,6 @@ def pairwise_descending_rank(score: torch.Tensor) -> torch.Tensor:
     other, this = score[:, None, :], score[:, :, None]
     beats = (other > this) | ((other == this) & earlier)
     return beats.sum(-1)
-
-
-def _capturing() -> bool:
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
 
 
 def topk_mask(score: torch.Tensor, k: int) -> torch.Tensor:
