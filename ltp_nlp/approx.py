@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sttabt.approx import resize_linear
 from sttabt.executors import HostOutput, core
 from sttabt.hosts.bert import BertAdapter, query_key
-from sttabt.pruners.qk import QKAttention
+from sttabt.pruners.qk import QKAttention, attention_with_maps, keeps_maps
 
 from .executors import run_dense
 from .host import SEQUENCE_CLASSIFIERS, attention_output, embed, feed_forward, merge_heads, query_key_value
@@ -47,18 +47,24 @@ def planning_attention(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tens
     if kind != "probs":
         raise ValueError(f"attention must be 'logits' or 'probs', got {kind!r}")
     keys = valid.bool()[:, None, None, :]
-    queries, keys_seen = [], []
+    scale = layers[0].attention.self.attention_head_size ** -0.5
+    with_maps = keeps_maps(x)
+    queries, keys_seen, maps = [], [], []
     for i, layer in enumerate(layers):
         q, k, v = query_key_value(layer, x) if i < last else (*query_key(layer, x), None)
         queries.append(q)
         keys_seen.append(k)
+        probs = None
         if i < last:
             drop = layer.attention.self.dropout
             p = drop.p if drop.training else 0.0
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
+            if with_maps and p == 0.0:
+                context, probs = attention_with_maps(q, k, v, scale, valid)
+            else:
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
             x = feed_forward(layer, attention_output(layer, merge_heads(context), x))
-    scale = layers[0].attention.self.attention_head_size ** -0.5
-    return QKAttention(queries, keys_seen, scale, "probs", valid.bool())
+        maps.append(probs)
+    return QKAttention(queries, keys_seen, scale, "probs", valid.bool(), maps=maps)
 
 
 def thin_config(host_config, factor: int):

@@ -148,6 +148,75 @@ def test_concrete_plans_are_those_of_the_old_path(batch, images):
                 assert (new - old).abs().max() < 1e-5
 
 
+# ---------------------------------------------------------------------------------------------
+# eager CPU inference: the scout keeps each layer's head-averaged map (attention_with_maps)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("padding", [False, True])
+def test_attention_with_maps_is_fused_attention_and_the_qk_maps(batch, padding):
+    import torch.nn.functional as F
+
+    from sttabt.pruners.qk import attention_with_maps
+
+    g = torch.Generator().manual_seed(batch)
+    q, k, v = (torch.randn(batch, 3, 11, 4, generator=g) for _ in range(3))
+    valid = padded(batch, tokens=11, seed=batch) if padding else None
+    mask = None if valid is None else valid[:, None, None, :]
+    with torch.no_grad():
+        out, made = attention_with_maps(q, k, v, 0.5, valid)
+        assert (out - F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5)).abs().max() < 1e-6
+        assert (made - QKAttention([q], [k], 0.5, "probs", valid)[0]).abs().max() < 1e-7
+    if padding:
+        assert (made[~valid[:, None, :].expand_as(made)] == 0).all()
+
+
+def test_gather_rows_is_gather():
+    from sttabt.pruners.qk import gather_rows
+
+    g = torch.Generator().manual_seed(0)
+    x, made = torch.randn(3, 2, 9, 5, generator=g), torch.randn(3, 9, 9, generator=g)
+    index = torch.randint(0, 9, (3, 4), generator=g)
+    for b in (1, 3):
+        assert torch.equal(gather_rows(x[:b], index[:b]), x[:b].gather(2, index[:b, None, :, None].expand(b, 2, 4, 5)))
+        assert torch.equal(gather_rows(made[:b], index[:b]), made[:b].gather(1, index[:b, :, None].expand(b, 4, 9)))
+
+
+def test_maps_only_in_eager_cpu_inference(images):
+    model = tiny("sttabt_deit_small", pruner="abt", keep=0.4)
+    with torch.no_grad():
+        seen = model.scout(images[:2], attention="probs").attention
+    assert all(m is not None for m in seen.maps[:-1]) and seen.maps[-1] is None, "the last layer: q and k only"
+    assert all(m is None for m in model.scout(images[:2], attention="probs").attention.maps), "autograd: no maps"
+    with pytest.raises(ValueError, match="maps"):
+        QKAttention(seen.queries, seen.keys, seen.scale, "logits", maps=seen.maps)
+
+
+@pytest.mark.parametrize("budget", ["fixed", "per_sample"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_plans_from_kept_maps_are_those_from_queries_and_keys(budget, batch, images):
+    model = tiny("sttabt_deit_small", pruner="abt", keep=0.4, budget=budget)
+    with torch.no_grad():
+        seen = model.scout(images[:batch], attention="probs").attention
+        bare = QKAttention(seen.queries, seen.keys, seen.scale, "probs")
+        plan = model.pruner.plan(seen, hard=True, budget=budget, layout=model.layout)
+        assert torch.equal(plan, model.pruner.plan(bare, hard=True, budget=budget, layout=model.layout))
+        for layer in range(len(seen) - 1):
+            assert (seen[layer] - bare[layer]).abs().max() < 1e-6
+
+
+def test_text_planning_keeps_maps_with_padding():
+    from test_ltp_models import batch, host_model, ltp_from
+
+    model = ltp_from(host_model("bert"), "bert", prune_mode="sttabt_abt", token_keep_rate=0.4)
+    ids, mask = batch("bert", (12, 7, 3))
+    with torch.no_grad():
+        seen = model.ltp.scout.plan_attention(ids, mask.bool(), kind="probs")
+        bare = QKAttention(seen.queries, seen.keys, seen.scale, "probs", seen.valid)
+    assert all(m is not None for m in seen.maps[:-1])
+    for layer in range(len(seen) - 1):
+        assert (seen[layer] - bare[layer]).abs().max() < 1e-6
+
+
 def test_soft_plan_trains_the_scout_through_fused_attention(images):
     model = tiny("sttabt_deit_small", pruner="concrete").train()
     masks, _ = model.plan(images[:2], hard=False)

@@ -7,6 +7,11 @@ keeps, ``O_{l+1}``: :meth:`QKAttention.rows` computes exactly those rows from th
 the dense scout ran on every row. Indexing (``attention[l]``) still gives the full map of layer
 ``l``, made on demand, so planners that read every row (soft concrete masks, the forward top-k)
 work unchanged, one layer at a time.
+
+On a CPU in eager inference the scout instead runs each layer's attention one sample at a time with
+:func:`attention_with_maps`, which keeps that layer's head-averaged probabilities, (B, T, T), as a
+by-product: a sample's (H, T, T) maps stay in cache, and planning then gathers rows instead of
+recomputing them (measured in docs/BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -14,15 +19,27 @@ from collections.abc import Sequence
 
 import torch
 
+from ..capture import capturing
+
 KINDS = ("logits", "probs")
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, d) queries -> (B, H, n, d), rows ``index`` (B, n) of every head."""
-    b, h, _, d = x.shape
-    if b == 1:  # batch 1: one index_select, no expanded index
-        return x.index_select(2, index[0])
-    return x.gather(2, index[:, None, :, None].expand(b, h, index.shape[1], d))
+    """Rows ``index`` (B, n) of every sample of ``x``: (B, T, ...) -> (B, n, ...), or, for (B, H, T, d)
+    queries, ``dim=2``: (B, H, n, d). One ``index_select`` on the flattened rows: a copy of whole
+    rows, where ``gather`` with an expanded index reads an index per element (several times slower
+    on a CPU)."""
+    batch, n = index.shape
+    if batch == 1:
+        return x.index_select(x.ndim - 2 if x.ndim == 4 else 1, index[0])
+    if x.ndim == 4:  # (B, H, T, d): rows of every head
+        b, h, t, d = x.shape
+        start = torch.arange(b * h, device=x.device).view(b, h, 1) * t
+        flat = (index[:, None, :] + start).reshape(-1)
+        return x.reshape(b * h * t, d).index_select(0, flat).view(b, h, n, d)
+    t = x.shape[1]
+    flat = (index + torch.arange(batch, device=x.device)[:, None] * t).reshape(-1)
+    return x.reshape(batch * t, *x.shape[2:]).index_select(0, flat).view(batch, n, *x.shape[2:])
 
 
 class QKAttention(Sequence):
@@ -32,15 +49,20 @@ class QKAttention(Sequence):
     over heads, (B, T, T) maps); ``scale``: the attention scale applied to the queries;
     ``valid``: optional (B, T) bool of real keys (text): padding keys get the most negative logit
     before the softmax (``"probs"`` only; logits are returned raw, as recorded scouts return them).
+    ``maps``: optional, per layer, the (B, T, T) ``"probs"`` map already made (by
+    :func:`attention_with_maps`) or ``None``; rows are then read from it instead of recomputed.
     """
 
     def __init__(self, queries: Sequence[torch.Tensor], keys: Sequence[torch.Tensor], scale: float,
-                 kind: str, valid: torch.Tensor | None = None):
+                 kind: str, valid: torch.Tensor | None = None, maps: Sequence[torch.Tensor | None] | None = None):
         if kind not in KINDS:
             raise ValueError(f"attention kind must be one of {KINDS}, got {kind!r}")
         if len(queries) != len(keys) or not queries:
             raise ValueError("need one query and one key tensor per layer")
-        self.queries, self.keys = tuple(queries), tuple(keys)
+        maps = (None,) * len(queries) if maps is None else tuple(maps)
+        if len(maps) != len(queries) or (kind != "probs" and any(m is not None for m in maps)):
+            raise ValueError("maps: one entry per layer (a map or None), for the 'probs' kind only")
+        self.queries, self.keys, self.maps = tuple(queries), tuple(keys), maps
         self.scale, self.kind, self.valid = scale, kind, valid
 
     @property
@@ -65,11 +87,15 @@ class QKAttention(Sequence):
     def __getitem__(self, layer):
         if isinstance(layer, slice):
             return [self[i] for i in range(*layer.indices(len(self)))]
-        return self._maps(self.queries[layer], layer)
+        made = self.maps[layer]
+        return self._maps(self.queries[layer], layer) if made is None else made
 
     def rows(self, layer: int, index: torch.Tensor) -> torch.Tensor:
         """The rows of queries ``index`` (B, n) of layer ``layer``'s map: (B, H, n, T) logits or
         (B, n, T) probabilities."""
+        made = self.maps[layer]
+        if made is not None:
+            return gather_rows(made, index)
         return self._maps(gather_rows(self.queries[layer], index), layer)
 
     def _maps(self, q: torch.Tensor, layer: int) -> torch.Tensor:
@@ -77,9 +103,43 @@ class QKAttention(Sequence):
         if self.kind == "logits":
             return logits
         if self.valid is not None:
-            bias = (~self.valid.bool()).to(logits.dtype)[:, None, None, :] * torch.finfo(logits.dtype).min
-            logits = logits + bias
+            logits = logits + key_bias(self.valid, logits.dtype)
         return logits.softmax(-1).mean(1)
+
+
+def key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, 1, T) additive bias: the most negative logit on padding keys, zero elsewhere."""
+    return (~valid.bool()).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
+
+
+def keeps_maps(x: torch.Tensor) -> bool:
+    """Whether a scout on ``x`` runs :func:`attention_with_maps`: eager CPU inference only. On
+    accelerators the per-sample loop would cost a kernel launch per sample; graph captures (compile,
+    export) keep whole-batch operations; autograd would need the softmax out of place."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and not capturing()
+
+
+def attention_with_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of (B, H, T, d) ``q``, ``k``, ``v``: the output (B, H, T, d) and the
+    head-averaged probabilities (B, T, T), one sample at a time (its (H, T, T) maps stay in cache,
+    and no (B, H, T, T) tensor is made). The probabilities are the maps :meth:`QKAttention.rows`
+    would compute from ``q`` and ``k`` (``valid``: (B, T) bool of real keys). Inference only: the
+    softmax runs in place."""
+    batch, heads, tokens, _ = q.shape
+    out = q.new_empty(batch, heads, tokens, v.shape[-1])
+    maps = q.new_empty(batch, tokens, tokens)
+    q = q * scale
+    bias = None if valid is None else key_bias(valid, q.dtype)
+    for i in range(batch):
+        logits = torch.matmul(q[i], k[i].transpose(-2, -1))
+        if bias is not None:
+            logits += bias[i]
+        torch._softmax(logits, -1, False, out=logits)
+        torch.matmul(logits, v[i], out=out[i])
+        torch.sum(logits, 0, out=maps[i])
+    maps /= heads  # the mean over heads, as a sum then one division
+    return out, maps
 
 
 def attention_shape(attn: Sequence[torch.Tensor]) -> tuple[int, int]:
