@@ -36,8 +36,9 @@ def _query_key(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 def _fused_block(block: nn.Module, x: torch.Tensor, with_map: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """timm's pre-norm block on (B, T, D) tokens with fused attention; returns (x, q, k, map), the
-    map (the head-averaged probabilities) only ``with_map``."""
+    """timm's pre-norm block on (B, T, D) tokens; returns (x, q, k, map). Fused attention, or
+    ``with_map`` (and no attention dropout) :func:`attention_with_maps`, whose map (the head-averaged
+    probabilities) is returned; otherwise the map is ``None``."""
     attn = block.attn
     q, k, v = _split(attn.qkv(block.norm1(x)), 3, attn.num_heads)
     q, k = attn.q_norm(q), attn.k_norm(k)

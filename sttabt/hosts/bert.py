@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..executors.block import _recorded
+from ..pruners.qk import key_bias
 from .base import HostAdapter
 from transformers import (BertForSequenceClassification, IBertForSequenceClassification,
                           RobertaForSequenceClassification)
@@ -98,11 +99,6 @@ def feed_forward(layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
     hidden = _t(layer.intermediate.intermediate_act_fn(_t(layer.intermediate.dense(a))))
     out = layer.output
     return _t(out.LayerNorm(out.dropout(_t(out.dense(hidden))) + a))
-
-
-def key_bias(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, n) key mask (bool or 0/1) -> (B, 1, 1, n) additive bias: 0 for keys, the dtype's min otherwise."""
-    return ((keys <= 0.5) if keys.dtype != torch.bool else ~keys).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
 
 
 PROB_EPS = 1e-12  # guards the renormalisation of attention rows under a plan

@@ -25,8 +25,8 @@ KINDS = ("logits", "probs")
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` (B, n) of every sample of ``x``: (B, T, ...) -> (B, n, ...), or, for (B, H, T, d)
-    queries, ``dim=2``: (B, H, n, d). One ``index_select`` on the flattened rows: a copy of whole
+    """Rows ``index`` (B, n) of every sample of ``x``: (B, T, ...) -> (B, n, ...); a 4-d ``x`` is
+    (B, H, T, d) queries, whose rows are taken in every head: (B, H, n, d). One ``index_select`` on the flattened rows: a copy of whole
     rows, where ``gather`` with an expanded index reads an index per element (several times slower
     on a CPU)."""
     batch, n = index.shape
@@ -107,9 +107,9 @@ class QKAttention(Sequence):
         return logits.softmax(-1).mean(1)
 
 
-def key_bias(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, 1, 1, T) additive bias: the most negative logit on padding keys, zero elsewhere."""
-    return (~valid.bool()).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
+def key_bias(keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, n) key mask (bool or 0/1) -> (B, 1, 1, n) additive bias: 0 for keys, the dtype's min otherwise."""
+    return ((keys <= 0.5) if keys.dtype != torch.bool else ~keys).to(dtype)[:, None, None, :] * torch.finfo(dtype).min
 
 
 def keeps_maps(x: torch.Tensor) -> bool:
@@ -135,7 +135,7 @@ def attention_with_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
         logits = torch.matmul(q[i], k[i].transpose(-2, -1))
         if bias is not None:
             logits += bias[i]
-        torch._softmax(logits, -1, False, out=logits)
+        torch.softmax(logits, -1, out=logits)
         torch.matmul(logits, v[i], out=out[i])
         torch.sum(logits, 0, out=maps[i])
     maps /= heads  # the mean over heads, as a sum then one division
