@@ -4,9 +4,9 @@ teacher by linear interpolation of every tensor, distilled per task with
 ``L_att + 1 * L_hid + L_emb + L_pred`` (hidden weight 1 for text; :func:`sttabt.approx.distillation_loss`).
 
 Planning (:meth:`TextScout.plan_attention`, :func:`planning_attention`) stops at the last layer's
-attention scores: no last-layer attention output, FFN or head. For the top-k planners (``"probs"``)
-it runs fused attention and keeps each layer's queries and keys
-(:class:`sttabt.pruners.qk.QKAttention`), from which back-tracking computes only the rows it reads.
+attention scores: no last-layer attention output, FFN or head. It keeps each layer's queries and keys
+(:class:`sttabt.pruners.qk.QKAttention`), from which back-tracking computes only the rows it reads,
+and in eager CPU inference what the planner reads, made during the pass.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sttabt.approx import resize_linear
 from sttabt.executors import HostOutput, core
 from sttabt.hosts.bert import BertAdapter, query_key
-from sttabt.pruners.qk import QKAttention, attention_with_maps, keeps_maps
+from sttabt.pruners.qk import KINDS, QKAttention, attention_with_maps, keeps_maps
 
 from .executors import run_dense
 from .host import SEQUENCE_CLASSIFIERS, attention_output, embed, feed_forward, merge_heads, query_key_value
@@ -38,33 +38,36 @@ def classify(host_type: str, modules: nn.Module, sequence: torch.Tensor) -> torc
 def planning_attention(layers: nn.ModuleList, x: torch.Tensor, valid: torch.Tensor, kind: str
                        ) -> Sequence[torch.Tensor]:
     """Every layer's attention of ``layers`` on embedded tokens ``x`` ((B, T) bool ``valid``), as a
-    planner reads it, stopping at the last layer's scores. ``"logits"``: a tuple of pre-softmax
-    (B, H, T, T) logits (the concrete recursion reads every row); ``"probs"``: a
-    :class:`QKAttention` whose maps are the head-averaged probabilities over the valid keys."""
-    last = len(layers) - 1
-    if kind == "logits":
-        return core.planned_masked(BertAdapter(layers), x, None, valid, record="logits", scores_only=True).attention
-    if kind != "probs":
+    planner reads it, stopping at the last layer's scores. ``"logits"``: pre-softmax (B, H, T, T)
+    logits (the concrete recursion reads every row); ``"probs"``: head-averaged probabilities over
+    the valid keys. Both come as a :class:`QKAttention` of each layer's queries and keys, which in
+    eager CPU inference (:func:`keeps_maps`) also carries what the planner reads, made during the pass
+    (:func:`attention_with_maps`): the probability maps, or the logits' concrete key scores; with
+    autograd, ``"logits"`` are the recorded pass's tuple of logits (the scout is trained through them)."""
+    if kind not in KINDS:
         raise ValueError(f"attention must be 'logits' or 'probs', got {kind!r}")
+    with_maps = keeps_maps(x)
+    if kind == "logits" and not with_maps:
+        return core.planned_masked(BertAdapter(layers), x, None, valid, record="logits", scores_only=True).attention
+    last = len(layers) - 1
     keys = valid.bool()[:, None, None, :]
     scale = layers[0].attention.self.attention_head_size ** -0.5
-    with_maps = keeps_maps(x)
     queries, keys_seen, maps = [], [], []
     for i, layer in enumerate(layers):
         q, k, v = query_key_value(layer, x) if i < last else (*query_key(layer, x), None)
         queries.append(q)
         keys_seen.append(k)
-        probs = None
+        made = None
         if i < last:
             drop = layer.attention.self.dropout
             p = drop.p if drop.training else 0.0
             if with_maps and p == 0.0:
-                context, probs = attention_with_maps(q, k, v, scale, valid)
+                context, made = attention_with_maps(q, k, v, scale, valid, kind)
             else:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, dropout_p=p)
             x = feed_forward(layer, attention_output(layer, merge_heads(context), x))
-        maps.append(probs)
-    return QKAttention(queries, keys_seen, scale, "probs", valid.bool(), maps=maps)
+        maps.append(made)
+    return QKAttention(queries, keys_seen, scale, kind, valid.bool(), **{"maps" if kind == "probs" else "scores": maps})
 
 
 def thin_config(host_config, factor: int):

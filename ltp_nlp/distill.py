@@ -4,7 +4,9 @@ Checkpoints (used by ``tools/distill_scout_glue.py``, ``tools/eval_glue.py``, ``
 
 * :func:`load_checkpoint` reads a fine-tuned classifier folder, either an LTP checkpoint
   (``model_type: "ltp"``) or a plain host checkpoint (``bert``, ``roberta``, ``ibert``), strictly, with
-  its own prune mode;
+  its own prune mode; a bare pretrained encoder (no classifier head) is refused, saying what to do;
+* :func:`load_fresh_head` reads such a bare encoder for timing only (``tools/benchmark_glue.py``): the
+  head is new (seeded), as when ``tools/run_glue.py`` starts fine-tuning, so its scores mean nothing;
 * :func:`reconfigure` moves a loaded model to other LTP settings (another prune mode, keep rate,
   threshold, scout factor): the host weights always carry over, the pruner's learned state only when
   the prune mode stays, the scout only when the new mode runs one of the same factor.
@@ -33,12 +35,18 @@ from sttabt.approx import distillation_loss
 
 from .approx import HIDDEN_WEIGHT_TEXT, TextScout
 from .configuration_ltp import HOST_TYPES, LTP_FIELDS, SCOUT_MODES, LTPConfig
-from .modeling_ltp import LTPForSequenceClassification
+from .glue_tasks import GlueTask, task_spec
+from .modeling_ltp import LTPForSequenceClassification, _weight_names
 
 CLIP_GRAD = 0.5          # gradient-norm clip of the scout (reference recipe)
 WEIGHT_DECAY = 0.0       # none in the reference recipe
 PRUNER_KEY = ".pruner."
 SCOUT_KEY = ".scout."
+HEAD_KEY = "classifier."  # the sequence-classification head of every host (bert, roberta, ibert)
+FRESH_HEAD_SEED = 0
+BARE_ENCODER_ADVICE = ("fine-tune it on the task first (tools/run_glue.py, then tools/convert_to_ltp.py and "
+                       "tools/run_ltp.py for LTP), or time it with tools/benchmark_glue.py, which gives it a fresh, "
+                       "untrained head (speeds only)")
 SETTINGS = tuple(field for field in LTP_FIELDS if field != "host_type")  # what reconfigure may change
 HOST_CONFIG_SKIP = ("model_type", "architectures", "transformers_version", "_name_or_path")
 # Mean attention KL on GLUE quoted by the STTABT paper for BERT-base (DESIGN.md section 3.1)
@@ -68,11 +76,12 @@ def checkpoint_model_type(path: str | os.PathLike) -> str:
     return model_type
 
 
-def host_ltp_config(path: str | os.PathLike) -> LTPConfig:
-    """The LTP configuration (prune mode ``none``) of a plain host checkpoint folder."""
+def host_ltp_config(path: str | os.PathLike, **fields) -> LTPConfig:
+    """The LTP configuration (prune mode ``none``) of a plain host checkpoint folder; ``fields`` replace
+    those of its ``config.json`` (as in ``AutoConfig.from_pretrained``)."""
     from transformers import AutoConfig
 
-    host = AutoConfig.from_pretrained(path)
+    host = AutoConfig.from_pretrained(path, **fields)
     fields = {k: v for k, v in host.to_dict().items() if k not in HOST_CONFIG_SKIP}
     return LTPConfig(host_type=host.model_type, **fields)
 
@@ -84,10 +93,64 @@ def load_checkpoint(path: str | os.PathLike, *, init_scout: str | None = None) -
     (loaded with prune mode ``none``). Loading is strict: a missing or unexpected weight is an error.
     """
     path = os.fspath(path)
-    if checkpoint_model_type(path) == "ltp":
+    model_type = checkpoint_model_type(path)
+    if model_type == "ltp":
         model = LTPForSequenceClassification.from_pretrained(path, init_scout=init_scout)
+    elif is_bare_encoder(path):
+        raise ValueError(f"{path} is a pretrained {model_type} encoder without a classifier head (no {HEAD_KEY}* "
+                         f"weights), not a fine-tuned classifier: {BARE_ENCODER_ADVICE}")
     else:
         model = LTPForSequenceClassification.from_pretrained(path, config=host_ltp_config(path))
+    return model.eval()
+
+
+def is_bare_encoder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a plain host (``bert``, ``roberta``, ``ibert``) without a classifier head:
+    a pretrained encoder such as ``BertModel.save_pretrained`` writes (sentence-transformers' MiniLM)."""
+    return checkpoint_model_type(path) != "ltp" and not any(name.startswith(HEAD_KEY) for name in _weight_names(path))
+
+
+def classifier_fields(task: str | GlueTask) -> dict:
+    """The configuration fields of a classifier head for GLUE ``task``: ``finetuning_task``, ``num_labels``
+    and, unless it is a regression, ``id2label`` / ``label2id`` (what tools/run_glue.py fine-tunes)."""
+    spec = task_spec(task)
+    fields = dict(finetuning_task=spec.name, num_labels=spec.num_labels)
+    if not spec.is_regression:
+        fields.update(id2label=dict(enumerate(spec.labels)), label2id={k: i for i, k in enumerate(spec.labels)})
+    return fields
+
+
+def load_fresh_head(path: str | os.PathLike, task: str | GlueTask, *,
+                    seed: int = FRESH_HEAD_SEED) -> LTPForSequenceClassification:
+    """A bare pretrained host encoder (:func:`is_bare_encoder`) as an LTP model (prune mode ``none``) with a
+    new classifier head for ``task``, in eval mode: the host's sequence classifier as tools/run_glue.py
+    builds it before fine-tuning, the head drawn from ``seed`` (the global random state is left alone).
+
+    Its predictions are chance; its speed is the fine-tuned model's. Loading is strict but for the head:
+    any other missing weight, or an unexpected one, is an error listing them.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    path = os.fspath(path)
+    config = host_ltp_config(path, **classifier_fields(task))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        host, info = AutoModelForSequenceClassification.from_pretrained(path, config=config.host_config(),
+                                                                        output_loading_info=True)
+        model = LTPForSequenceClassification(config)
+    problems = {"missing keys": sorted(k for k in info["missing_keys"] if not k.startswith(HEAD_KEY)),
+                "unexpected keys": sorted(info["unexpected_keys"])}
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        lines = [f"{kind}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}" for kind, keys in problems.items()]
+        raise ValueError(f"{path} is not a bare {config.host_type} encoder that only lacks its classifier head:\n  "
+                         + "\n  ".join(lines) + "\nIs it a checkpoint of another architecture? Check model_type and "
+                         "the layer sizes in its config.json.")
+    missing, unexpected = model.load_state_dict(host.state_dict(), strict=False)
+    stray = [key for key in missing if PRUNER_KEY not in key and SCOUT_KEY not in key]
+    if unexpected or stray:
+        raise RuntimeError(f"load_fresh_head lost weights (missing {stray}, unexpected {unexpected}): a bug, "
+                           "please report")
     return model.eval()
 
 

@@ -19,6 +19,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .executors import HostOutput, forward_masked
 from .fused_scout import scout_queries_keys
+from .pruners.qk import keeps_maps
 from .inputs import check_factor
 
 DEFAULT_FACTOR = 4
@@ -183,7 +184,7 @@ class ApproxNet(nn.Module):
         if not scores_only:
             raise ValueError("the planning scout stops at the last layer's attention; for its full output "
                              "(distillation) use sttabt.approx.ScoutStudent(scout, teacher)")
-        if attention == "probs":
+        if attention == "probs" or keeps_maps(images):  # the logits' key scores are made in the pass
             return scout_queries_keys(self.net, images, attention)
         return forward_masked(self.net, images, record=True, attention=attention, scores_only=True)
 

@@ -121,8 +121,10 @@ class STTABT(nn.Module):
             masks = torch.cat((masks[:-1], masks[-2:-1]))
         return masks, scout
 
-    def forward_detailed(self, images: torch.Tensor, *, hard: bool | None = None,
-                         executor: str | None = None, budget: str | None = None) -> STTABTOutput:
+    def forward_detailed(self, images: torch.Tensor, *, hard: bool | None = None, executor: str | None = None,
+                         budget: str | None = None, keep_scout: bool = True) -> STTABTOutput:
+        """Logits, plan and scout output; ``keep_scout=False`` lets the scout's output (its maps: one
+        (B, T, T) per layer on a CPU) go before the host runs, and returns ``scout=None``."""
         hard, executor = self._resolve(hard, executor)
         if self.online:
             check_images(images, self.host)
@@ -134,6 +136,8 @@ class STTABT(nn.Module):
                 logits, masks = forward_online_masked(self.host, images, self.pruner, self.layout, soft=not hard)
             return STTABTOutput(logits, masks, None)
         masks, scout = self.plan(images, hard=hard, budget=budget)
+        if not keep_scout:
+            scout = None  # its memory is reused by the host's pass (fewer fresh pages to fault in)
         if executor == "pruned":
             counts = self.static_counts() if self._budget(budget) == "static" else None
             logits = forward_pruned(self.host, images, masks, counts)
@@ -143,7 +147,7 @@ class STTABT(nn.Module):
 
     def forward(self, images: torch.Tensor, *, hard: bool | None = None, executor: str | None = None,
                 budget: str | None = None) -> torch.Tensor:
-        return self.forward_detailed(images, hard=hard, executor=executor, budget=budget).logits
+        return self.forward_detailed(images, hard=hard, executor=executor, budget=budget, keep_scout=False).logits
 
     def get_classifier(self) -> nn.Module:
         return self.host.get_classifier()

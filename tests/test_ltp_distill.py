@@ -15,7 +15,7 @@ import torch
 
 import ltp_nlp  # noqa: F401  (registers the Auto classes)
 from ltp_nlp import LTPConfig, LTPForSequenceClassification
-from ltp_nlp.distill import load_checkpoint, reconfigure, replace_folder
+from ltp_nlp.distill import is_bare_encoder, load_checkpoint, load_fresh_head, reconfigure, replace_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
@@ -45,17 +45,34 @@ def write_sst2(folder: Path) -> Path:
     return glue
 
 
+def write_tokenizer(folder: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
+    BertTokenizerFast.from_pretrained(str(folder), local_files_only=True).save_pretrained(folder)
+
+
 def write_host(folder: Path) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     host = folder / "host"
-    host.mkdir()
-    (host / "vocab.txt").write_text("\n".join(SPECIALS + WORDS) + "\n", encoding="utf-8")
-    BertTokenizerFast.from_pretrained(str(host), local_files_only=True).save_pretrained(host)
+    write_tokenizer(host)
     torch.manual_seed(0)
     BertForSequenceClassification(BertConfig(**TINY, hidden_dropout_prob=0.0,
                                              attention_probs_dropout_prob=0.0)).save_pretrained(host)
     return host
+
+
+def write_bare_encoder(folder: Path, *, pooler: bool = True) -> Path:
+    """A pretrained encoder without a classifier head, as ``BertModel.save_pretrained`` writes it (no
+    ``bert.`` prefix, like sentence-transformers' MiniLM), with its tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    write_tokenizer(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY), add_pooling_layer=pooler).save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +159,62 @@ def test_benchmark_glue_reports_side_by_side(capsys, distilled, setup):
     assert out["ideal_speedup"] == pytest.approx(1 / out["relative_flops"])
     assert 0 <= out["dense_accuracy"] <= 1 and 0 <= out["pruned_accuracy"] <= 1
     assert out["batches"] == "length-sorted" and len(out["dense_ms"]) == len(out["pruned_ms"]) == 1
+    assert out["head"] == "checkpoint"
+
+
+def test_benchmark_glue_times_a_bare_encoder_with_a_fresh_head(capsys, setup, tmp_path):
+    """A bare pretrained encoder gets a new, seeded head (scores are chance, speeds real), with a note."""
+    _, glue, _ = setup
+    bare = write_bare_encoder(tmp_path / "bare")
+    capsys.readouterr()
+    assert benchmark_glue.main(["--checkpoint", str(bare), "--task", "SST2", "--data_dir", str(glue),
+                                "--prune_mode", "sttabt_abt", "--token_keep_rate", "0.5", "--init_scout", "interpolate",
+                                "--batch-size", "8", "--max-examples", "16", "--repeats", "1", "--threads", "1",
+                                "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["head"] == "fresh" and out["prune_mode"] == "sttabt_abt" and out["token_keep_rate"] == 0.5
+    assert out["examples"] == 16 and out["pruned_ex_s"] > 0 and 0 < out["relative_flops"] < 1
+    assert "bare pretrained encoder" in captured.err and "scores are chance" in captured.err
+
+
+def test_fresh_head_is_seeded_and_the_rest_is_loaded_strictly(tmp_path):
+    from transformers import BertModel
+
+    bare = write_bare_encoder(tmp_path / "bare")
+    assert is_bare_encoder(bare) and not is_bare_encoder(write_host(tmp_path))
+    state = torch.random.get_rng_state()
+    first, again, other = (load_fresh_head(bare, "MNLI", seed=seed) for seed in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)          # the global random state is left alone
+    assert first.classifier.weight.shape == (3, TINY["hidden_size"]) and first.config.prune_mode == "none"
+    assert first.config.id2label == {0: "contradiction", 1: "entailment", 2: "neutral"} and not first.training
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+    assert not torch.equal(first.classifier.weight, other.classifier.weight)
+    encoder = BertModel.from_pretrained(bare).state_dict()
+    for key, value in first.ltp.state_dict().items():
+        if ".pruner." not in key and ".scout." not in key:
+            assert torch.equal(value, encoder[key]), key
+    no_pooler = write_bare_encoder(tmp_path / "no_pooler", pooler=False)   # a missing weight besides the head
+    with pytest.raises(ValueError, match="only lacks its classifier head:\n  missing keys: bert.pooler.dense.bias"):
+        load_fresh_head(no_pooler, "SST2")
+    from transformers import BertConfig, BertForMaskedLM
+
+    masked_lm = tmp_path / "masked_lm"                                    # an unexpected weight: cls.predictions
+    BertForMaskedLM(BertConfig(**TINY)).save_pretrained(masked_lm)
+    with pytest.raises(ValueError, match="unexpected keys: cls.predictions"):
+        load_fresh_head(masked_lm, "SST2")
+
+
+def test_eval_glue_refuses_a_bare_encoder_saying_what_to_do(capsys, setup, tmp_path):
+    _, glue, _ = setup
+    bare = write_bare_encoder(tmp_path / "bare")
+    capsys.readouterr()
+    assert eval_glue.main(["--checkpoint", str(bare), "--task", "SST2", "--data_dir", str(glue), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bare} is a pretrained bert encoder without a classifier head" in err
+    assert "fine-tune it on the task first (tools/run_glue.py" in err and "tools/benchmark_glue.py" in err
+    with pytest.raises(ValueError, match="without a classifier head"):
+        load_checkpoint(bare)
 
 
 def test_reconfigure_keeps_learned_state_and_rederives_thresholds():

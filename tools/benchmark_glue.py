@@ -16,6 +16,11 @@ see the same machine state; each reports examples / median of the per-repeat tot
 
 ``ideal_speedup`` = 1 / ``relative_flops`` (the scout included), ``share_of_ideal`` = measured speedup /
 ideal speedup: how much of the FLOPs saved became time. Key names follow tools/benchmark.py.
+
+``--checkpoint`` may also be a bare pretrained encoder (no classifier head, e.g. sentence-transformers'
+MiniLM): it gets a new head for ``--task``, drawn from ``--seed``, as tools/run_glue.py starts
+fine-tuning. A note says so and ``head`` is ``"fresh"`` (else ``"checkpoint"``): the speeds are real,
+the scores are chance. tools/eval_glue.py refuses such a folder.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import torch  # noqa: E402
 from eval_glue import (add_checkpoint_args, check_checkpoint_args, checked_task, dev_batches,  # noqa: E402
                        flops_meter, load_model, load_tokenizer, pruned_logits)
 from ltp_nlp.cli_checks import check_flags  # noqa: E402
-from ltp_nlp.distill import PRUNER_KEY, SCOUT_KEY, model_inputs  # noqa: E402
+from ltp_nlp.distill import FRESH_HEAD_SEED, PRUNER_KEY, SCOUT_KEY, is_bare_encoder, model_inputs  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
 from ltp_nlp.host import SEQUENCE_CLASSIFIERS  # noqa: E402
 from ltp_nlp.metrics import compute_metrics  # noqa: E402
@@ -116,6 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--no-sort", "--no_sort", action="store_true", help="keep the dataset order (default: "
                         "batches of length-sorted sentences)")
+    parser.add_argument("--seed", type=int, default=FRESH_HEAD_SEED, help="seed of the new head given to a bare "
+                        f"pretrained encoder (default {FRESH_HEAD_SEED})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     try:
@@ -125,7 +132,11 @@ def main(argv=None) -> int:
         check_checkpoint_args(args)
         if args.threads:
             torch.set_num_threads(args.threads)
-        model = load_model(args)
+        fresh = is_bare_encoder(args.checkpoint)
+        if fresh:
+            print(f"note: {args.checkpoint} is a bare pretrained encoder: it gets a new, untrained classifier head "
+                  f"for {task} (seed {args.seed}), so the scores are chance; the speeds are real", file=sys.stderr)
+        model = load_model(args, fresh_head=fresh, seed=args.seed)
         dense = dense_host(model)
         batches = dev_batches(args, load_tokenizer(args), args.batch_size, sort_by_length=not args.no_sort)
     except (ValueError, OSError, RuntimeError) as err:
@@ -136,13 +147,14 @@ def main(argv=None) -> int:
               "token_keep_rate": c.token_keep_rate, "final_token_threshold": c.final_token_threshold,
               "batch_size": args.batch_size, "batches": "dataset order" if args.no_sort else "length-sorted",
               "dense_attention": dense.config._attn_implementation, "device": device_name(torch.device("cpu")),
-              "torch": torch.__version__,
+              "torch": torch.__version__, "head": "fresh" if fresh else "checkpoint",
               **benchmark(model, dense, batches, task, repeats=args.repeats, warmup=args.warmup)}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{task} dev, {result['examples']} examples in {result['batches']} batches of {args.batch_size}, "
-          f"{c.host_type} under {c.prune_mode}, {result['device']}")
+          f"{c.host_type} under {c.prune_mode}, {result['device']}"
+          + (", fresh untrained head (scores are chance)" if fresh else ""))
     print(f"  dense  {result['dense_ex_s']:9.1f} ex/s   {result['baseline_gflops']:.4g} GFLOPs   "
           f"{result['metric']} {result['dense_score']:.4f}  ({result['dense_attention']} attention)")
     print(f"  pruned {result['pruned_ex_s']:9.1f} ex/s   {result['gflops']:.4g} GFLOPs "

@@ -7,7 +7,8 @@
         --final_token_threshold 0.01        # LTP's "manual threshold" baseline (no training)
     python tools/eval_glue.py --checkpoint C --task SST2 --data_dir D --prune_mode none --json
 
-``--checkpoint`` is an LTP checkpoint or a plain BERT / RoBERTa / I-BERT classifier folder; the prune
+``--checkpoint`` is an LTP checkpoint or a plain BERT / RoBERTa / I-BERT classifier folder (a bare
+pretrained encoder, without a classifier head, is refused: fine-tune it first); the prune
 settings given on the command line replace the checkpoint's (learned LTP thresholds and STTABT
 p-logits are kept when the mode stays; a scout mode needs a checkpoint with a scout, e.g. the output
 of tools/distill_scout_glue.py, or ``--init_scout interpolate``). Hard masks, pruned executor (tokens
@@ -38,7 +39,8 @@ import torch
 import ltp_nlp  # noqa: F401  (registers the Auto classes; fixes torchvision first)
 from ltp_nlp.cli_checks import check_flags, check_model_folder
 from ltp_nlp.configuration_ltp import PRUNE_MODES, SCOUT_MODES
-from ltp_nlp.distill import load_checkpoint, model_inputs, reconfigure
+from ltp_nlp.distill import (FRESH_HEAD_SEED, is_bare_encoder, load_checkpoint, load_fresh_head, model_inputs,
+                             reconfigure)
 from ltp_nlp.flops import FlopsMeter
 from ltp_nlp.glue import load_glue, task_spec, tokenize_glue
 from ltp_nlp.metrics import compute_metrics
@@ -98,10 +100,14 @@ def prune_settings(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def load_model(args: argparse.Namespace, **extra):
+def load_model(args: argparse.Namespace, *, fresh_head: bool = False, seed: int = FRESH_HEAD_SEED, **extra):
     """The checkpoint under the command line's prune settings, in eval mode; ``args.max_length`` is clamped
-    to the model's positions (with a note)."""
-    model = load_checkpoint(args.checkpoint, init_scout=args.init_scout)
+    to the model's positions (with a note). A bare pretrained encoder is refused, saying what to do, unless
+    ``fresh_head`` (tools/benchmark_glue.py): it then gets a new head for ``args.task``, drawn from ``seed``."""
+    if fresh_head and is_bare_encoder(args.checkpoint):
+        model = load_fresh_head(args.checkpoint, args.task, seed=seed)
+    else:
+        model = load_checkpoint(args.checkpoint, init_scout=args.init_scout)
     args.max_length = clamp_max_length(args.max_length, model.config, flag="--max_length")
     return reconfigure(model, init_scout=args.init_scout, **{**prune_settings(args), **extra}).eval()
 

@@ -30,6 +30,7 @@ from transformers.integrations import is_tensorboard_available
 
 from ltp_nlp.cli_checks import check_flags, check_model_folder
 from ltp_nlp.config_checks import HOST_TYPES
+from ltp_nlp.distill import classifier_fields
 from ltp_nlp.glue import glue_file, load_glue, task_spec, tokenize_glue
 from ltp_nlp.metrics import best_metric_name
 from ltp_nlp.outputs import check_output_dir, save_atomically, save_trainer_model, write_json
@@ -144,10 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         check_data(glue_args.task, glue_args.data_dir, splits)
         spec = task_spec(glue_args.task)
         tokenizer = load_tokenizer(glue_args.model_name_or_path, glue_args.tokenizer_name)
-        labels = dict(num_labels=spec.num_labels)
-        if not spec.is_regression:
-            labels.update(id2label=dict(enumerate(spec.labels)), label2id={k: i for i, k in enumerate(spec.labels)})
-        config = AutoConfig.from_pretrained(glue_args.model_name_or_path, finetuning_task=spec.name, **labels)
+        config = AutoConfig.from_pretrained(glue_args.model_name_or_path, **classifier_fields(spec))
         if config.model_type not in HOST_TYPES:
             raise ValueError(f"--model_name_or_path {glue_args.model_name_or_path} is a {config.model_type!r} model: "
                              f"{ltp_advice(config.model_type)}")

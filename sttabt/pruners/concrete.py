@@ -15,6 +15,7 @@ import torch
 
 from .layout import DEFAULT_LAYOUT, TokenLayout
 from .masks import check_budget, fill_to_count, keep_ratio_per_layer
+from .qk import QKAttention, attention_shape
 
 TEMPERATURE = 0.1      # tau of the Concrete relaxation
 IMPACT_MIX = 0.1       # p: weight of a query's own score in its attention row
@@ -65,6 +66,29 @@ def _unpadded_key_scores(logits: torch.Tensor) -> torch.Tensor:
     return phi.mean(1)
 
 
+def layer_key_scores(logits: Sequence[torch.Tensor], layer: int, valid: torch.Tensor | None,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """:func:`key_scores` of ``logits[layer]`` in ``dtype``, or the scores a scout already made there
+    (a :class:`~sttabt.pruners.qk.QKAttention` with ``scores``, made from the same logits and mask)."""
+    made = getattr(logits, "scores", None)
+    made = None if made is None else made[layer]
+    if made is not None and made.dtype == dtype:
+        return made
+    return key_scores(logits[layer].to(dtype), valid)
+
+
+def prefix_key_scores(logits: Sequence[torch.Tensor], layer: int, prefix: int, valid: torch.Tensor | None,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """The first ``prefix`` query rows of :func:`layer_key_scores`, (B, prefix, T): the only rows the
+    last layer's step reads when back-tracking starts from the prefix tokens (``m_L = c``), so the
+    other rows are not standardised. (The rows are cut from the whole logits: the same products, so
+    the same bits, as the full layer.)"""
+    made = getattr(logits, "scores", None)
+    if made is not None and made[layer] is not None:
+        return layer_key_scores(logits, layer, valid, dtype)[:, :prefix]
+    return key_scores(logits[layer][:, :, :prefix].to(dtype), valid)
+
+
 def concrete_masks(
     logits: Sequence[torch.Tensor],
     p_logits: torch.Tensor,
@@ -79,7 +103,8 @@ def concrete_masks(
 ) -> torch.Tensor:
     """Plan (L + 1, B, T) of soft (``hard=False``) or 0/1 masks, nested, CLS always kept.
 
-    ``logits[l]``: (B, H, T, T) pre-softmax attention logits of the scout at layer ``l``;
+    ``logits[l]``: (B, H, T, T) pre-softmax attention logits of the scout at layer ``l`` (a
+    :class:`~sttabt.pruners.qk.QKAttention` may carry their key scores already: :func:`layer_key_scores`);
     ``p_logits``: (L,); ``valid``: optional (B, T) bool of real (non-padding) tokens; padding takes
     no part in any statistic and is never kept, so a sample's plan does not depend on its padding.
     The recursion always runs on the soft masks; hard mode thresholds each layer's soft mask
@@ -105,18 +130,22 @@ def concrete_masks(
     depth = len(logits)
     if p_logits.shape != (depth,):
         raise ValueError(f"need one p_logit per layer ({depth}), got shape {tuple(p_logits.shape)}")
-    batch, _, tokens, _ = logits[0].shape
+    batch, tokens = attention_shape(logits)
+    device = logits.device if isinstance(logits, QKAttention) else logits[0].device  # without making a map
     dtype = p_logits.dtype if p_logits.is_floating_point() else torch.float32
-    validf = torch.ones(batch, tokens, device=logits[0].device, dtype=dtype) if valid is None else valid.to(dtype)
-    cls = layout.always(batch, tokens, device=logits[0].device, dtype=dtype)
+    validf = torch.ones(batch, tokens, device=device, dtype=dtype) if valid is None else valid.to(dtype)
+    cls = layout.always(batch, tokens, device=device, dtype=dtype)
     averaged = layout.averaged
     score = torch.maximum(validf, cls) if averaged else cls  # c: the previous layer's scores
     out = score  # soft m_{l+1} (for an avg head's first step: every query, equal weights)
     kept = cls.bool()  # hard m_{l+1}
     soft_masks, hard_masks = [out], [kept]
     for layer in reversed(range(depth)):
-        u = key_scores(logits[layer].to(dtype), valid)
         rows = out * (p * score + 1 - p)
+        if layer == depth - 1 and not averaged:  # m_L = c: only the prefix queries' rows are weighted
+            u, rows = prefix_key_scores(logits, layer, layout.prefix, valid, dtype), rows[:, : layout.prefix]
+        else:
+            u = layer_key_scores(logits, layer, valid, dtype)
         s = torch.einsum("bq,bqk->bk", rows, u) / out.sum(-1, keepdim=True)
         s = s / s.amax(-1, keepdim=True)
         s = (SCORE_FLOOR + (1 - SCORE_FLOOR) * s) * validf

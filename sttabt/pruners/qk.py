@@ -8,9 +8,9 @@ the dense scout ran on every row. Indexing (``attention[l]``) still gives the fu
 ``l``, made on demand, so planners that read every row (soft concrete masks, the forward top-k)
 work unchanged, one layer at a time.
 
-On a CPU in eager inference the scout instead runs each layer's attention one sample at a time with
-:func:`attention_with_maps`, which keeps that layer's head-averaged probabilities, (B, T, T), as a
-by-product: a sample's (H, T, T) maps stay in cache, and planning then gathers rows instead of
+On a CPU in eager inference the scout instead runs each layer's attention a few samples at a time
+with :func:`attention_with_maps`, which keeps that layer's head-averaged probabilities, (B, T, T), as
+a by-product: those samples' (H, T, T) maps stay in cache, and planning then gathers rows instead of
 recomputing them (measured in docs/BENCHMARKS.md).
 """
 from __future__ import annotations
@@ -51,10 +51,14 @@ class QKAttention(Sequence):
     before the softmax (``"probs"`` only; logits are returned raw, as recorded scouts return them).
     ``maps``: optional, per layer, the (B, T, T) ``"probs"`` map already made (by
     :func:`attention_with_maps`) or ``None``; rows are then read from it instead of recomputed.
+    ``scores``: optional, per layer, the (B, T, T) concrete key scores of the ``"logits"`` already
+    made (by :func:`attention_with_maps`, kind ``"logits"``) or ``None``: the concrete recursion reads
+    them (:func:`sttabt.pruners.concrete.layer_key_scores`) instead of standardising the logits.
     """
 
     def __init__(self, queries: Sequence[torch.Tensor], keys: Sequence[torch.Tensor], scale: float,
-                 kind: str, valid: torch.Tensor | None = None, maps: Sequence[torch.Tensor | None] | None = None):
+                 kind: str, valid: torch.Tensor | None = None, maps: Sequence[torch.Tensor | None] | None = None,
+                 scores: Sequence[torch.Tensor | None] | None = None):
         if kind not in KINDS:
             raise ValueError(f"attention kind must be one of {KINDS}, got {kind!r}")
         if len(queries) != len(keys) or not queries:
@@ -62,7 +66,10 @@ class QKAttention(Sequence):
         maps = (None,) * len(queries) if maps is None else tuple(maps)
         if len(maps) != len(queries) or (kind != "probs" and any(m is not None for m in maps)):
             raise ValueError("maps: one entry per layer (a map or None), for the 'probs' kind only")
-        self.queries, self.keys, self.maps = tuple(queries), tuple(keys), maps
+        scores = (None,) * len(queries) if scores is None else tuple(scores)
+        if len(scores) != len(queries) or (kind != "logits" and any(m is not None for m in scores)):
+            raise ValueError("scores: one entry per layer (key scores or None), for the 'logits' kind only")
+        self.queries, self.keys, self.maps, self.scores = tuple(queries), tuple(keys), maps, scores
         self.scale, self.kind, self.valid = scale, kind, valid
 
     @property
@@ -119,26 +126,44 @@ def keeps_maps(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and not torch.is_grad_enabled() and not capturing()
 
 
+MAPS_CHUNK_BYTES = 2 << 20  # logits of the samples attended together: a few MiB stay in a core's cache
+
+
 def attention_with_maps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                        valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of (B, H, T, d) ``q``, ``k``, ``v``: the output (B, H, T, d) and the
-    head-averaged probabilities (B, T, T), one sample at a time (its (H, T, T) maps stay in cache,
-    and no (B, H, T, T) tensor is made). The probabilities are the maps :meth:`QKAttention.rows`
-    would compute from ``q`` and ``k`` (``valid``: (B, T) bool of real keys). Inference only: the
-    softmax runs in place."""
+                        valid: torch.Tensor | None = None, kind: str = "probs") -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of (B, H, T, d) ``q``, ``k``, ``v``: the output (B, H, T, d) and one (B, T, T)
+    map per sample, a few samples at a time (their (H, T, T) logits, :data:`MAPS_CHUNK_BYTES` at most
+    unless one sample is larger, stay in cache, and no (B, H, T, T) tensor is made). ``kind``:
+    ``"probs"``, the head-averaged probabilities, the maps :meth:`QKAttention.rows` would compute from
+    ``q`` and ``k``; ``"logits"``, the concrete key scores of the logits
+    (:func:`sttabt.pruners.concrete.key_scores`, what the concrete recursion reads). ``valid``: (B, T)
+    bool of real keys. Inference only: the softmax runs in place."""
+    from .concrete import key_scores
+
+    if kind not in KINDS:
+        raise ValueError(f"attention kind must be one of {KINDS}, got {kind!r}")
     batch, heads, tokens, _ = q.shape
     out = q.new_empty(batch, heads, tokens, v.shape[-1])
-    maps = q.new_empty(batch, tokens, tokens)
+    maps = q.new_empty(batch, tokens, tokens, dtype=q.dtype if kind == "probs" else torch.float32)
+    chunk = max(1, MAPS_CHUNK_BYTES // (heads * tokens * tokens * q.element_size()))
+    logits = q.new_empty(min(chunk, batch) * heads, tokens, tokens)
     q = q * scale
     bias = None if valid is None else key_bias(valid, q.dtype)
-    for i in range(batch):
-        logits = torch.matmul(q[i], k[i].transpose(-2, -1))
+    for start in range(0, batch, chunk):
+        end = min(start + chunk, batch)
+        part = logits[: (end - start) * heads]
+        per_sample = part.view(end - start, heads, tokens, tokens)
+        torch.matmul(q[start:end].flatten(0, 1), k[start:end].flatten(0, 1).transpose(-2, -1), out=part)
+        if kind == "logits":
+            maps[start:end] = key_scores(per_sample.float(), None if valid is None else valid[start:end])
         if bias is not None:
-            logits += bias[i]
-        torch.softmax(logits, -1, out=logits)
-        torch.matmul(logits, v[i], out=out[i])
-        torch.sum(logits, 0, out=maps[i])
-    maps /= heads  # the mean over heads, as a sum then one division
+            per_sample.add_(bias[start:end])
+        torch.softmax(part, -1, out=part)
+        torch.matmul(part, v[start:end].flatten(0, 1), out=out[start:end].flatten(0, 1))
+        if kind == "probs":
+            torch.sum(per_sample, 1, out=maps[start:end])
+    if kind == "probs":
+        maps /= heads  # the mean over heads, as a sum then one division
     return out, maps
 
 
