@@ -26,6 +26,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..hosts.base import HostAdapter
+from .rows import worth_packing
 
 # An online decision: (layer, probs (B, H, n, n), live (B, n) bool) -> keep mask (B, n), bool or soft
 Decide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,23 +104,29 @@ def planned_masked(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor | None
 
 def planned_pruned(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor, counts: Sequence[int] | None = None
                    ) -> Run:
-    """Hard plan; the set sizes read once from the device (the one host sync). ``counts``: the plan's
-    L + 1 set sizes as ints, equal for every sample (the static budget): the order through ``topk``,
-    no key mask, no host sync, static shapes; ``token_mask`` is then None."""
+    """Hard plan; the set sizes read once from the device (the one host sync). Per-sample sizes: each
+    layer runs on the batch's widest sets with a key padding mask, and its per-token work on the real
+    output rows only where padding is a large share (:mod:`sttabt.executors.rows`). ``counts``: the
+    plan's L + 1 set sizes as ints, equal for every sample (the static budget): the order through
+    ``topk``, no key mask, no host sync, static shapes; ``token_mask`` is then None."""
+    batch = x.shape[0]
     if counts is None:
         order, sizes = survival_order(plan)
         widest = sizes.amax(-1)
         ragged = sizes.amin(-1) != widest
-        widest, ragged = torch.stack((widest, ragged.long())).tolist()
+        widest, ragged, real = torch.stack((widest, ragged.long(), sizes.sum(-1))).tolist()
         position = torch.arange(widest[0], device=x.device)
     else:
         order, widest, ragged = survival_index(plan), list(counts), [0] * len(counts)
     x = take(x, order[:, : widest[0]])
     for layer_index, layer in enumerate(host.layers):
-        key_mask = None
+        key_mask = rows = None
+        n_out = widest[layer_index + 1]
         if ragged[layer_index]:
             key_mask = (position[: widest[layer_index]] < sizes[layer_index, :, None])[:, None, None, :]
-        x = host.pruned_layer(layer, x, widest[layer_index + 1], key_mask)
+        if ragged[layer_index + 1] and worth_packing(real[layer_index + 1], batch, n_out):
+            rows = position[:n_out] < sizes[layer_index + 1, :, None]
+        x = host.pruned_layer(layer, x, n_out, key_mask, rows)
     return Run(x, plan, None if counts is not None else position[: widest[-1]] < sizes[-1, :, None])
 
 

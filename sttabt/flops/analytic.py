@@ -34,8 +34,9 @@ def _evaluate(
     last_mlp: bool,
     last_attn_scores_only: bool,
     online: bool = False,
+    rows_out: torch.Tensor | None = None,
 ) -> FlopsReport:
-    """Batch-mean report for float64 counts of shape (L + 1, B)."""
+    """Batch-mean report for float64 counts of shape (L + 1, B) (``rows_out``: see :func:`layer_flops`)."""
     from ..hosts.timm_vit import TimmViTAdapter
 
     check_counts(counts, len(model.blocks))
@@ -46,7 +47,7 @@ def _evaluate(
     embed += _norm_cost_per_element(norm_pre) * model.embed_dim * _dense_tokens(model)
 
     per_layer = layer_flops(TimmViTAdapter(model), counts, last_mlp=last_mlp,
-                            last_attn_scores_only=last_attn_scores_only, online=online)
+                            last_attn_scores_only=last_attn_scores_only, online=online, rows_out=rows_out)
 
     head_flops = 0.0
     if head:
@@ -157,12 +158,28 @@ class ModelFlops:
         }
 
 
+def executed_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the pruned executor runs for per-sample ``counts`` (L + 1, B): every layer's keys and
+    attention at the batch's widest sets, ``(L + 1, B)``, and its per-token output work, ``(L, B)``, on
+    the real rows where it packs them (:func:`sttabt.executors.rows.worth_packing`), else at the widest."""
+    from ..executors.rows import worth_packing
+
+    widest = counts.amax(-1, keepdim=True).expand_as(counts)
+    rows = widest[1:].clone()
+    for layer, out in enumerate(counts[1:]):
+        ragged = bool(out.amin() != out.amax())
+        if ragged and worth_packing(int(out.sum()), out.numel(), int(out.amax())):
+            rows[layer] = out
+    return widest, rows
+
+
 def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = False) -> ModelFlops:
     """FLOPs of an ``sttabt.STTABT`` model that ran on a batch with the hard plan ``masks``.
 
     By default each image is counted with its own token counts (the method's cost). With
-    ``executed=True`` every image is counted at the batch maximum per layer, which is what the pruned
-    executor computes when counts differ across the batch (``budget="per_sample"`` pads).
+    ``executed=True`` the counts are what the pruned executor computes when counts differ across the
+    batch (``budget="per_sample"`` pads, :func:`executed_counts`): keys and attention at the batch
+    maximum per layer, the per-token output work on the real rows where the executor packs them.
 
     The scout runs dense and stops at the last layer's attention scores; the oracle pruner reads the
     host's own attention from the same kind of pass; the online pruners (``ltp``, ``evit``) need no
@@ -171,10 +188,12 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     """
     from ..pruners.masks import counts as plan_counts
 
-    counts = plan_counts(masks)
+    online = getattr(model.pruner, "online", False)
+    counts, rows_out = plan_counts(masks), None
     if executed:
-        counts = counts.amax(-1, keepdim=True).expand_as(counts)
-    if getattr(model.pruner, "online", False):  # decides from the host's own pass: no planning pass
+        counts, rows_out = executed_counts(counts)
+        rows_out = None if online else rows_out  # the online executor pads every row
+    if online:  # decides from the host's own pass: no planning pass
         scout = FlopsReport.build(0.0, [0.0] * len(model.host.blocks), 0.0)
     else:
         reader = model.scout.net if model.pruner.source == "approx" else model.host
@@ -182,6 +201,6 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     tokens = _dense_tokens(model.host)
     keep = model.layout.ratio(counts[:-1].double().mean(-1), tokens).tolist()  # prefix tokens are not patches
     host = _evaluate(model.host, counts.double(), head=True, last_mlp=True, last_attn_scores_only=False,
-                     online=getattr(model.pruner, "online", False))  # online: dropped queries' scores too
+                     online=online, rows_out=rows_out)  # online: dropped queries' scores too
     return ModelFlops(host, scout, vit_flops(model.host), tuple(keep))
 

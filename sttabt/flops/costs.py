@@ -66,9 +66,13 @@ class LayerCost:
     query: float = 0.0
     score_pair: float = 0.0
 
-    def flops(self, n_in: torch.Tensor, n_out: torch.Tensor, *, online: bool = False) -> torch.Tensor:
-        """FLOPs per sample, elementwise over (float64) counts."""
-        total = self.per_in * n_in + self.per_out * n_out + self.per_pair * n_in * n_out
+    def flops(self, n_in: torch.Tensor, n_out: torch.Tensor, *, online: bool = False,
+              rows_out: torch.Tensor | None = None) -> torch.Tensor:
+        """FLOPs per sample, elementwise over (float64) counts. ``rows_out``: the output rows the
+        per-token work runs on, when it differs from the ``n_out`` queries the attention scores (a
+        pruned layer that packs the real rows of a padded batch)."""
+        rows = n_out if rows_out is None else rows_out
+        total = self.per_in * n_in + self.per_out * rows + self.per_pair * n_in * n_out
         if online:
             total = total + (n_in - n_out) * (self.query + self.score_pair * n_in)
         return total

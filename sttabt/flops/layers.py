@@ -20,12 +20,14 @@ def check_counts(counts: torch.Tensor, depth: int) -> None:
 
 
 def layer_flops(host, counts: torch.Tensor, *, last_mlp: bool = True, last_attn_scores_only: bool = False,
-                online: bool = False) -> list[float]:
+                online: bool = False, rows_out: torch.Tensor | None = None) -> list[float]:
     """Batch-mean FLOPs of each layer of ``host`` (a :class:`~sttabt.hosts.base.HostAdapter`) for the
     (L + 1, B) ``counts``: ``counts[l]`` tokens enter layer ``l``, ``counts[L]`` leave the last one.
     ``last_mlp=False``: the last layer's feed-forward is not run; ``last_attn_scores_only``: the last
     layer stops at its attention scores (a planning pass); ``online``: an online pruner decided, so
-    each layer also computed the queries and scores of the tokens it dropped."""
+    each layer also computed the queries and scores of the tokens it dropped; ``rows_out`` (L, B):
+    the rows each layer's per-token output work ran on, when not ``counts[1:]`` (see
+    :func:`sttabt.flops.analytic.executed_counts`)."""
     layers = list(host.layers)
     counts = torch.as_tensor(counts).detach().to(device="cpu", dtype=torch.float64)
     check_counts(counts, len(layers))
@@ -33,7 +35,8 @@ def layer_flops(host, counts: torch.Tensor, *, last_mlp: bool = True, last_attn_
     for i, layer in enumerate(layers):
         last = i == len(layers) - 1
         cost = host.layer_cost(layer, mlp=last_mlp or not last, scores_only=last and last_attn_scores_only)
-        flops.append(cost.flops(counts[i], counts[i + 1], online=online).mean().item())
+        rows = None if rows_out is None else torch.as_tensor(rows_out)[i].to(torch.float64)
+        flops.append(cost.flops(counts[i], counts[i + 1], online=online, rows_out=rows).mean().item())
     return flops
 
 

@@ -51,10 +51,12 @@ class HostAdapter:
         ``key_mask``: (B, 1, 1, n) bool, False for padding keys."""
         raise NotImplementedError
 
-    def pruned_layer(self, layer: nn.Module, x: torch.Tensor, n_out: int, key_mask: torch.Tensor | None
-                     ) -> torch.Tensor:
+    def pruned_layer(self, layer: nn.Module, x: torch.Tensor, n_out: int, key_mask: torch.Tensor | None,
+                     rows: torch.Tensor | None = None) -> torch.Tensor:
         """The layer on (B, n_in, D) sorted tokens, fused attention, the first ``n_out`` tokens' outputs;
-        ``key_mask``: (B, 1, 1, n_in) bool, False for padding keys."""
+        ``key_mask``: (B, 1, 1, n_in) bool, False for padding keys; ``rows``: optional (B, n_out) bool,
+        the real output rows: the per-token work runs on those only (:class:`sttabt.executors.rows.RealRows`),
+        the other rows keep their inputs."""
         raise NotImplementedError
 
     def layer_cost(self, layer: nn.Module, *, mlp: bool = True, scores_only: bool = False):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..executors.block import _recorded
+from ..executors.rows import RealRows
 from ..pruners.qk import key_bias
 from .base import HostAdapter
 from transformers import (BertForSequenceClassification, IBertForSequenceClassification,
@@ -154,10 +155,17 @@ class BertAdapter(HostAdapter):
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=p)
         return feed_forward(layer, attention_output(layer, merge_heads(context), x))
 
-    def pruned_layer(self, layer, x, n_out, key_mask):
-        q, k, v = query_key_value(layer, x, n_out)
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
-        return feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))
+    def pruned_layer(self, layer, x, n_out, key_mask, rows=None):
+        if rows is None:
+            q, k, v = query_key_value(layer, x, n_out)
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
+            return feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))
+        attn, real, x_out = layer.attention.self, RealRows(rows), x[:, :n_out]
+        x_real = real.take(x_out)[None]  # (1, R, D): I-BERT's modules want three dimensions
+        q = _heads(real.scatter(_t(attn.query(x_real))[0]), attn.num_attention_heads)
+        k, v = (_heads(_t(m(x)), attn.num_attention_heads) for m in (attn.key, attn.value))
+        context = real.take(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))[None]
+        return real.put(x_out, feed_forward(layer, attention_output(layer, context, x_real))[0])
 
     def layer_cost(self, layer, *, mlp=True, scores_only=False):
         from ..flops.costs import ATTN_MATMULS, LayerCost

@@ -56,8 +56,8 @@ class TimmViTAdapter(HostAdapter):
     def dense_layer(self, layer, x, key_mask):
         return layer(x) if key_mask is None else layer(x, attn_mask=key_mask)
 
-    def pruned_layer(self, layer, x, n_out, key_mask):
-        return pruned_block(layer, x, n_out, key_mask)
+    def pruned_layer(self, layer, x, n_out, key_mask, rows=None):
+        return pruned_block(layer, x, n_out, key_mask, rows)
 
     def layer_cost(self, layer, *, mlp=True, scores_only=False):
         from timm.models.vision_transformer import ResPostBlock  # post-norm: norm1 acts on outputs
