@@ -66,6 +66,17 @@ def test_benchmark_reports_side_by_side(capsys):
     assert len(out["dense_ms"]) == len(out["pruned_ms"]) == 3
 
 
+def test_benchmark_times_each_model_in_its_own_process(capsys):
+    out = _json(capsys, benchmark.main, ["--model", "sttabt_deit_tiny", "--img-size", "32", "--keep", "0.5",
+                                         "--batch-size", "2", "--warmup", "0", "--repeats", "2", "--processes", "2",
+                                         "--threads", "1", "--json"])
+    assert out["isolation"] == "one model per process, 2 rounds"
+    assert len(out["dense_ms"]) == len(out["pruned_ms"]) == 2
+    assert out["speedup"] == pytest.approx(out["pruned_img_s"] / out["dense_img_s"])
+    assert out["share_of_ideal"] == pytest.approx(out["speedup"] / out["ideal_speedup"])
+    assert out["ideal_speedup"] == pytest.approx(out["dense_gflops"] / out["gflops"])
+
+
 def test_tools_rebuild_a_trained_checkpoint_of_its_own_shape(tmp_path, capsys):
     """A training run's model.pth (a custom-shaped host) loads by --checkpoint alone; --keep swaps in a
     top-k pruner on the same host and scout; flags that contradict the checkpoint are refused."""

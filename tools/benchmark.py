@@ -5,6 +5,7 @@
     python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --batch-size 256 --device cuda --dtype bfloat16
     python tools/benchmark.py --model deit_small_patch16_224 --keep 0.5       # a dense timm name, wrapped
     python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --runtime onnxruntime
+    python tools/benchmark.py --model sttabt_deit_small --keep 0.5 --processes 3   # each model in its own process
 
 Both models share the host's weights. After warm-up, the two are timed alternately (dense, pruned,
 dense, ...) so that both see the same machine state; each reports the median of ``--repeats``
@@ -21,6 +22,10 @@ top-k at ``--keep 0.5`` when no pruner flag is given. ``--model`` also takes a d
 (``deit_small_patch16_224``, ``lvvit_small``): that dense model is the ``dense`` row, timed as it is,
 and the ``pruned`` row is it wrapped with ``sttabt.wrap`` and that pruner.
 
+``--processes ROUNDS`` times each model alone in a fresh process instead, ROUNDS rounds in turn (dense,
+pruned, dense, ...), medians of the processes' medians: as a server runs one model, and immune to what
+one model leaves in a process (the allocator's state) speeding up or slowing down the other.
+
 ``--runtime``: ``eager`` (default) runs both models as they are; ``compile`` runs both through
 ``torch.compile`` (``--compile-backend``, default inductor) and ``onnxruntime`` exports both to ONNX
 (CPU, float32) and times onnxruntime sessions. Both graph runtimes run the pruned model under its
@@ -32,6 +37,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 
@@ -46,6 +52,7 @@ from sttabt.flops import sttabt_flops  # noqa: E402
 from sttabt.timing import device_name, per_second, time_alternately  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FLOPS_KEYS = ("ideal_speedup", "dense_gflops", "gflops", "scout_gflops", "keep_mean")
 DEFAULT_KEEP = 0.5  # ABT top-k when no pruner flag and no checkpoint are given
 RUNTIMES = ("eager", "compile", "onnxruntime")
 
@@ -95,26 +102,33 @@ def stage_runs(model, images: torch.Tensor) -> dict:
 
 
 def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10, dtype=torch.float32,
-              runtime: str = "eager", backend: str = "inductor", stages: bool = False) -> dict:
+              runtime: str = "eager", backend: str = "inductor", stages: bool = False, only: str | None = None
+              ) -> dict:
     """Median images/s of the dense host and of the pruned model on the same batch, in ``runtime``;
     with ``stages`` (eager only) also the median seconds of the pruned forward's stages
-    (:func:`stage_runs`) and of the dense pass."""
+    (:func:`stage_runs`) and of the dense pass. ``only`` (``"dense"`` or ``"pruned"``): time that model
+    alone (:func:`in_processes`); the result then has its ``seconds`` and the FLOPs."""
     device = images.device
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     budget = "static" if runtime != "eager" else None
-    stages = stages and runtime == "eager"
+    stages = stages and runtime == "eager" and only is None
     with tempfile.TemporaryDirectory() as folder, torch.inference_mode(), autocast:
         runs = runtime_calls(model, images, runtime, backend=backend, folder=folder)
+        if only is not None:
+            runs = {only: runs[only]}
         if stages:
             runs.update(stage_runs(model, images))
         times = time_alternately(runs, device=device, warmup=warmup, repeats=repeats)
         masks, _ = model.plan(images, budget=budget)
     flops = sttabt_flops(model, masks, executed=True).to_dict()
+    flops = {**flops, "ideal_speedup": flops["dense_gflops"] / flops["gflops"]}
+    if only is not None:
+        return {"only": only, "seconds": statistics.median(times[only]), **flops}
     batch = images.shape[0]
     dense_img_s = per_second(batch, times["dense"])
     pruned_img_s = per_second(batch, times["pruned"])
     speedup = pruned_img_s / dense_img_s
-    ideal = flops["dense_gflops"] / flops["gflops"]
+    ideal = flops["ideal_speedup"]
     breakdown = {f"{name}_s": statistics.median(times[name]) for name in ("scout", "plan", "host", "dense")
                  } if stages else {}
     return {
@@ -125,6 +139,28 @@ def benchmark(model, images: torch.Tensor, *, warmup: int = 3, repeats: int = 10
         "keep_mean": flops["keep_mean"],
         "dense_ms": [t * 1e3 for t in times["dense"]], "pruned_ms": [t * 1e3 for t in times["pruned"]],
     }
+
+
+def in_processes(argv: list[str], rounds: int, batch: int) -> dict:
+    """The two models timed apart, each alone in a fresh process (as a server runs one model), ``rounds``
+    times in turn (dense, pruned, dense, ...): what one model leaves behind in a process (its
+    allocator's state, caches) cannot speed up or slow down the other. Medians over the rounds of
+    each process's median."""
+    seconds: dict[str, list[float]] = {"dense": [], "pruned": []}
+    for _ in range(rounds):
+        for name in seconds:
+            command = [sys.executable, os.path.abspath(__file__), *argv, "--processes", "0", "--only", name, "--json"]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                fail(f"the {name} process failed:\n{done.stderr.strip()}")
+            child = json.loads(done.stdout.strip().splitlines()[-1])
+            seconds[name].append(child["seconds"])
+    speedup = statistics.median(seconds["dense"]) / statistics.median(seconds["pruned"])
+    return {"isolation": f"one model per process, {rounds} rounds", **{k: child[k] for k in FLOPS_KEYS},
+            "dense_img_s": batch / statistics.median(seconds["dense"]),
+            "pruned_img_s": batch / statistics.median(seconds["pruned"]), "speedup": speedup,
+            "share_of_ideal": speedup / child["ideal_speedup"],
+            "dense_ms": [t * 1e3 for t in seconds["dense"]], "pruned_ms": [t * 1e3 for t in seconds["pruned"]]}
 
 
 def main(argv=None) -> int:
@@ -140,9 +176,14 @@ def main(argv=None) -> int:
                         help="eager (default), compile (torch.compile) or onnxruntime (CPU, float32); the last "
                         "two run the static budget")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    parser.add_argument("--processes", type=int, default=0, metavar="ROUNDS",
+                        help="time each model alone in its own process, ROUNDS times in turn (default 0: both "
+                        "models alternately in this process)")
+    parser.add_argument("--only", choices=("dense", "pruned"), help=argparse.SUPPRESS)  # a --processes child
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    check_counts(args, {"batch_size": 1, "repeats": 1, "warmup": 0, "threads": 1})
+    check_counts(args, {"batch_size": 1, "repeats": 1, "warmup": 0, "threads": 1, "processes": 0})
     device = check_device(args.device)
     if args.runtime != "eager":
         if args.budget not in (None, "static"):
@@ -162,13 +203,16 @@ def main(argv=None) -> int:
             fail(str(err))
     g = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 3, *model.host.patch_embed.img_size, generator=g).to(device)
+    if args.processes:
+        timed = in_processes(argv, args.processes, args.batch_size)
+    else:
+        timed = benchmark(model, images, warmup=args.warmup, repeats=args.repeats, dtype=DTYPES[args.dtype],
+                          runtime=args.runtime, backend=args.compile_backend, stages=args.json, only=args.only)
     result = {"model": args.model, **pruner_report(model.pruner), "keep": args.keep,
               "p_logit": args.p_logit, "budget": model.budget or model.pruner.default_budget,
               "batch_size": args.batch_size, "dtype": args.dtype, "device": device_name(device),
-              "torch": torch.__version__, "runtime": args.runtime,
-              **benchmark(model, images, warmup=args.warmup, repeats=args.repeats, dtype=DTYPES[args.dtype],
-                          runtime=args.runtime, backend=args.compile_backend, stages=args.json)}
-    if args.json:
+              "torch": torch.__version__, "runtime": args.runtime, **timed}
+    if args.json or args.only:
         print(json.dumps(result))
         return 0
     print(f"{result['model']} ({result['pruner']}, budget={result['budget']}) batch {args.batch_size}, "
