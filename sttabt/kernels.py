@@ -44,7 +44,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``F.gelu(linear(x))`` (exact, erf GELU)."""
-    if not fusable(x):
+    if not fusable(x) or type(linear) is not nn.Linear:  # a subclass may compute something else
         return F.gelu(linear(x))
     out = torch.ops.mkldnn._linear_pointwise(_rows(x), linear.weight, linear.bias, "gelu", [], "none")
     return out.view(*x.shape[:-1], -1)
@@ -52,7 +52,7 @@ def linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
 
 def linear_add(x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor) -> torch.Tensor:
     """``residual + linear(x)``; ``residual`` has the output's shape."""
-    if not fusable(x) or residual.dtype != x.dtype:
+    if not fusable(x) or type(linear) is not nn.Linear or residual.dtype != x.dtype:
         return residual + linear(x)
     out = torch.ops.mkldnn._linear_pointwise.binary(_rows(x), _rows(residual), linear.weight, linear.bias, "add")
     return out.view(residual.shape)

@@ -1,5 +1,5 @@
 """The scout's CPU inference kernels (issue 16): fused linear layers, attention a few samples at a
-time, concrete key scores made during the scout's pass, and the last layer's prefix rows.
+time, concrete key scores made during the scout's pass.
 
 Every fast path must give what the plain path gives: the same plans (hard masks equal), the same
 scout outputs.
@@ -14,7 +14,6 @@ import sttabt.pruners.qk as qk
 from sttabt.executors import forward_masked
 from sttabt.fused_scout import _fused_block
 from sttabt.pruners.concrete import concrete_masks, key_scores
-from sttabt.pruners.layout import TokenLayout
 from sttabt.pruners.qk import QKAttention, attention_with_maps
 
 from conftest import tiny
@@ -134,28 +133,7 @@ def test_concrete_plans_from_scout_scores_are_those_from_recorded_logits(name, k
                 plan = concrete_masks(seen, p_logits, hard=True, budget=budget, layout=model.layout)
                 assert torch.equal(plan, concrete_masks(recorded, p_logits, hard=True, budget=budget, layout=model.layout))
             soft = concrete_masks(seen, p_logits, hard=False, layout=model.layout)
-            assert (soft - concrete_masks(recorded, p_logits, hard=False, layout=model.layout)).abs().max() < 1e-4
-
-
-def test_the_last_step_standardises_only_the_prefix_rows(monkeypatch):
-    import sttabt.pruners.concrete as concrete
-    from test_scout_speed import random_qk
-
-    rows = []
-    monkeypatch.setattr(concrete, "key_scores", lambda logits, valid: rows.append(logits.shape[2]) or key_scores(logits, valid))
-    for layout in (TokenLayout(1), TokenLayout(3)):
-        logits = random_qk(4, kind="logits", cls=QKAttention)
-        layers = [logits[layer] for layer in range(len(logits))]
-        p_logits = torch.tensor([-1.0, 0.0, 0.5, -0.5])
-        rows.clear()
-        plan = concrete_masks(logits, p_logits, hard=True, layout=layout)
-        assert rows == [layout.prefix] + [17] * 3, "the last layer first: its prefix rows only"
-        assert torch.equal(plan, concrete_masks(layers, p_logits, hard=True, layout=layout))
-        soft = concrete_masks(logits, p_logits, hard=False, layout=layout)
-        assert (soft - concrete_masks(layers, p_logits, hard=False, layout=layout)).abs().max() < 1e-5
-    rows.clear()
-    concrete_masks(layers, p_logits, hard=True, layout=TokenLayout(0, "avg"))
-    assert rows == [17] * 4, "an averaging head weighs every query of the last layer"
+            assert torch.equal(soft, concrete_masks(recorded, p_logits, hard=False, layout=model.layout))
 
 
 def test_text_concrete_plans_from_scout_scores_with_padding(small_chunks):

@@ -77,18 +77,6 @@ def layer_key_scores(logits: Sequence[torch.Tensor], layer: int, valid: torch.Te
     return key_scores(logits[layer].to(dtype), valid)
 
 
-def prefix_key_scores(logits: Sequence[torch.Tensor], layer: int, prefix: int, valid: torch.Tensor | None,
-                      dtype: torch.dtype) -> torch.Tensor:
-    """The first ``prefix`` query rows of :func:`layer_key_scores`, (B, prefix, T): the only rows the
-    last layer's step reads when back-tracking starts from the prefix tokens (``m_L = c``), so the
-    other rows are not standardised. (The rows are cut from the whole logits: the same products, so
-    the same bits, as the full layer.)"""
-    made = getattr(logits, "scores", None)
-    if made is not None and made[layer] is not None:
-        return layer_key_scores(logits, layer, valid, dtype)[:, :prefix]
-    return key_scores(logits[layer][:, :, :prefix].to(dtype), valid)
-
-
 def concrete_masks(
     logits: Sequence[torch.Tensor],
     p_logits: torch.Tensor,
@@ -141,11 +129,8 @@ def concrete_masks(
     kept = cls.bool()  # hard m_{l+1}
     soft_masks, hard_masks = [out], [kept]
     for layer in reversed(range(depth)):
+        u = layer_key_scores(logits, layer, valid, dtype)
         rows = out * (p * score + 1 - p)
-        if layer == depth - 1 and not averaged:  # m_L = c: only the prefix queries' rows are weighted
-            u, rows = prefix_key_scores(logits, layer, layout.prefix, valid, dtype), rows[:, : layout.prefix]
-        else:
-            u = layer_key_scores(logits, layer, valid, dtype)
         s = torch.einsum("bq,bqk->bk", rows, u) / out.sum(-1, keepdim=True)
         s = s / s.amax(-1, keepdim=True)
         s = (SCORE_FLOOR + (1 - SCORE_FLOOR) * s) * validf
