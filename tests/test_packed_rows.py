@@ -97,3 +97,42 @@ def test_executor_packs_where_padding_is_a_large_share(monkeypatch):
     core.planned_pruned(Spy(), torch.randn(4, 6, 8), plan)
     assert seen == [None, None]
     assert executed_counts(plan.sum(-1))[1][0].tolist() == [5] * 4
+
+
+@pytest.mark.parametrize("kind", ["deit", "lvvit", "registers"])
+def test_online_pruned_packed_or_not_equals_masked(kind, images, monkeypatch):
+    import sttabt
+    from test_online_vit import LTP, host
+
+    model = sttabt.wrap(host(kind), **LTP).eval()  # peaked attention: thresholds tell tokens apart
+    out = {}
+    for pack_below in (0.0, 1.01):
+        monkeypatch.setattr(rows_module, "PACK_BELOW", pack_below)
+        with torch.no_grad():
+            out[pack_below] = model(images, executor="pruned")
+            masks = model.forward_detailed(images, executor="pruned").masks
+    counts = masks.sum(-1)
+    assert (counts.amin(-1) != counts.amax(-1)).any(), "the decisions must be ragged"
+    with torch.no_grad():
+        masked = model(images, executor="masked")
+    assert (out[1.01] - out[0.0]).abs().max() < 1e-5
+    assert (out[1.01] - masked).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("host_type", ["bert", "ibert"])
+def test_text_ltp_pruned_packed_or_not(host_type, monkeypatch):
+    from test_ltp_models import batch, host_model, ltp_from
+
+    model = ltp_from(host_model(host_type), host_type, prune_mode="absolute_threshold", final_token_threshold=0.02)
+    ids, mask = batch(host_type, (12, 7, 3, 12, 9))
+    out = {}
+    for pack_below in (0.0, 1.01):
+        monkeypatch.setattr(rows_module, "PACK_BELOW", pack_below)
+        with torch.no_grad():
+            run = model(ids, mask, masking_mode="hard", executor="pruned")
+        out[pack_below] = run.logits
+    assert (run.counts[2:4].amin(-1) != run.counts[2:4].amax(-1)).all(), "ragged decisions: packing is exercised"
+    with torch.no_grad():
+        masked = model(ids, mask, masking_mode="hard", executor="masked").logits
+    assert (out[1.01] - out[0.0]).abs().max() < 1e-5
+    assert (out[1.01] - masked).abs().max() <= 1e-4

@@ -188,12 +188,13 @@ def online_pruned(host: HostAdapter, x: torch.Tensor, decide: Decide, valid: tor
         keep = decide(layer_index, probs, live).bool() & live
         count = keep.sum(-1)
         order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)  # kept rows first, in order
-        widest, narrowest = torch.stack((count.amax(), count.amin())).tolist()  # one host sync per layer
+        widest, narrowest, real = torch.stack((count.amax(), count.amin(), count.sum())).tolist()  # one host sync per layer
         index = order[:, :widest]
         rows = index[:, None, :, None].expand(-1, probs.shape[1], -1, probs.shape[-1])
-        x = host.finish(layer, take(x, index), probs.gather(2, rows), v, None)
         live, where = keep.gather(1, index), where.gather(1, index)
         ragged = widest != narrowest
+        packed = live if ragged and worth_packing(real, batch, widest) else None
+        x = host.finish(layer, take(x, index), probs.gather(2, rows), v, None, packed)
         masks.append(torch.zeros_like(masks[0]).scatter_(1, where, live.to(x.dtype)))
     return Run(x, torch.stack(masks), live if ragged else None)
 

@@ -1,7 +1,8 @@
 """The real rows of a batch padded to its widest sample, for the per-token work of a pruned layer.
 
-Under per-sample counts a pruned layer runs on the batch's widest output set; the rows past a
-sample's own count are padding. Attention needs the padded (B, n, D) layout, but everything else a
+Under per-sample counts (a planned pruner's per-sample budget, an online pruner's thresholds, text
+padding) a pruned layer runs on the batch's widest output set; the rows past a sample's own count are
+padding. Attention needs the padded (B, n, D) layout, but everything else a
 layer does to its outputs (the query projection, the attention output, the feed-forward: most of its
 FLOPs) is per token, so it runs on the real rows only, flattened to (R, D), and the results go back in
 place. Padding rows keep their input values (finite: they are masked keys of the next layer).

@@ -192,7 +192,6 @@ def sttabt_flops(model: nn.Module, masks: torch.Tensor, *, executed: bool = Fals
     counts, rows_out = plan_counts(masks), None
     if executed:
         counts, rows_out = executed_counts(counts)
-        rows_out = None if online else rows_out  # the online executor pads every row
     if online:  # decides from the host's own pass: no planning pass
         scout = FlopsReport.build(0.0, [0.0] * len(model.host.blocks), 0.0)
     else:

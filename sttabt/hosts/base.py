@@ -23,9 +23,10 @@ class HostAdapter:
         raise NotImplementedError
 
     def finish(self, layer: nn.Module, x: torch.Tensor, probs: torch.Tensor, values: torch.Tensor,
-               m_out: torch.Tensor | None) -> torch.Tensor:
+               m_out: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's output for the rows of ``probs`` (``x``: those rows' inputs); ``m_out`` (B, n, 1):
-        0/1 (or soft) output mask, a token at 0 passing through unchanged."""
+        0/1 (or soft) output mask, a token at 0 passing through unchanged; ``rows`` (B, n) bool, with no
+        ``m_out``: the real rows, the only ones whose per-token work runs (the others keep their inputs)."""
         raise NotImplementedError
 
     def recorded_layer(self, layer: nn.Module, x: torch.Tensor, m_in: torch.Tensor | None,

@@ -125,9 +125,16 @@ class BertAdapter(HostAdapter):
             logits = logits + key_bias(keys, logits.dtype)
         return logits.softmax(-1), v
 
-    def finish(self, layer, x, probs, values, m_out):
-        a = attention_output(layer, merge_heads(probs_dropout(layer, probs) @ values), x)
-        y = feed_forward(layer, a)
+    def finish(self, layer, x, probs, values, m_out, rows=None):
+        context = merge_heads(probs_dropout(layer, probs) @ values)
+        if rows is not None:  # (1, R, D): I-BERT's modules want three dimensions
+            real = RealRows(rows)
+            return real.put(x, self._finish(layer, real.take(x)[None], real.take(context)[None], None)[0])
+        return self._finish(layer, x, context, m_out)
+
+    @staticmethod
+    def _finish(layer, x, context, m_out):
+        y = feed_forward(layer, attention_output(layer, context, x))
         return y if m_out is None else x + m_out * (y - x)  # post-norm: a dropped token passes through
 
     def recorded_layer(self, layer, x, m_in, m_out, keys, *, record=None, workspace=None):
