@@ -36,7 +36,7 @@ from sttabt.approx import distillation_loss
 from .approx import HIDDEN_WEIGHT_TEXT, TextScout
 from .configuration_ltp import HOST_TYPES, LTP_FIELDS, SCOUT_MODES, LTPConfig
 from .glue_tasks import GlueTask, task_spec
-from .modeling_ltp import LTPForSequenceClassification, _weight_names
+from .modeling_ltp import LTPForSequenceClassification, weight_names
 
 CLIP_GRAD = 0.5          # gradient-norm clip of the scout (reference recipe)
 WEIGHT_DECAY = 0.0       # none in the reference recipe
@@ -107,7 +107,7 @@ def load_checkpoint(path: str | os.PathLike, *, init_scout: str | None = None) -
 def is_bare_encoder(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a plain host (``bert``, ``roberta``, ``ibert``) without a classifier head:
     a pretrained encoder such as ``BertModel.save_pretrained`` writes (sentence-transformers' MiniLM)."""
-    return checkpoint_model_type(path) != "ltp" and not any(name.startswith(HEAD_KEY) for name in _weight_names(path))
+    return checkpoint_model_type(path) != "ltp" and not any(name.startswith(HEAD_KEY) for name in weight_names(path))
 
 
 def classifier_fields(task: str | GlueTask) -> dict:

@@ -56,7 +56,7 @@ def create_text_pruner(config: LTPConfig, depth: int) -> nn.Module | None:
 
 def infer_host_type(path: str | os.PathLike) -> str:
     """The host of a checkpoint folder, read from its weight names (``bert.``, ``roberta.``, ``ibert.``)."""
-    names = _weight_names(path)
+    names = weight_names(path)
     for host_type in HOST_TYPES:
         if any(name.startswith(PREFIXES[host_type] + ".") for name in names):
             return host_type
@@ -64,7 +64,7 @@ def infer_host_type(path: str | os.PathLike) -> str:
                      f"{', '.join(p + '.' for p in PREFIXES.values())}); set \"host_type\" in its config.json")
 
 
-def _weight_names(path) -> list[str]:
+def weight_names(path) -> list[str]:
     path = os.fspath(path)
     st = os.path.join(path, "model.safetensors")
     if os.path.exists(st):
@@ -137,7 +137,7 @@ class LTPPreTrainedModel(PreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, config=config,
                                               output_loading_info=True, **kwargs)
-        if config.prune_mode in SCOUT_MODES and not any(".scout." in k for k in _weight_names(pretrained_model_name_or_path)):
+        if config.prune_mode in SCOUT_MODES and not any(".scout." in k for k in weight_names(pretrained_model_name_or_path)):
             if init_scout != "interpolate":
                 raise ValueError(f"{pretrained_model_name_or_path} has no approximation network (scout) for prune_mode "
                                  f"{config.prune_mode!r}: distil one with tools/distill_scout_glue.py, or pass "

@@ -157,35 +157,34 @@ def pruned_block(
     x: torch.Tensor,
     n_out: int,
     key_mask: torch.Tensor | None = None,
-    rows: torch.Tensor | None = None,
+    rows: RealRows | None = None,
 ) -> torch.Tensor:
     """Block on (B, n_in, D) sorted tokens; returns the first ``n_out`` tokens' outputs.
 
     ``key_mask``: optional (B, 1, 1, n_in) bool, False for padding keys (per-sample budgets);
-    ``rows``: optional (B, n_out) bool, the real output rows: the query and everything after the
-    attention run on those only (:class:`~sttabt.executors.rows.RealRows`), the other rows keep their inputs.
+    ``rows``: optional, the real output rows (:class:`~sttabt.executors.rows.RealRows`): the query and
+    everything after the attention run on those only, the other rows keep their inputs.
     Uses fused scaled-dot-product attention: no attention matrix is kept.
     """
     attn = block.attn
     n_in = x.shape[1]
     h = block.norm1(x)
-    real = None if rows is None else RealRows(rows)
-    if n_out == n_in and real is None:
+    if n_out == n_in and rows is None:
         q, k, v = attn.qkv(h).chunk(3, -1)
     else:
         dim = attn.num_heads * attn.head_dim
         w, b = attn.qkv.weight, attn.qkv.bias
-        h_out = h[:, :n_out] if real is None else real.take(h[:, :n_out])
+        h_out = h[:, :n_out] if rows is None else rows.take(h[:, :n_out])
         q = F.linear(h_out, w[:dim], None if b is None else b[:dim])
-        q = q if real is None else real.scatter(q)
+        q = q if rows is None else rows.scatter(q)
         k, v = F.linear(h, w[dim:], None if b is None else b[dim:]).chunk(2, -1)
     q, k, v = (_heads(t, attn.num_heads) for t in (q, k, v))
     q, k = attn.q_norm(q), attn.k_norm(k)
     out = _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=attn.scale))
     x_out = x[:, :n_out]
-    if real is not None:
-        out, x_out = real.take(out), real.take(x_out)
+    if rows is not None:
+        out, x_out = rows.take(out), rows.take(x_out)
     out = attn.proj_drop(attn.proj(getattr(attn, "norm", nn.Identity())(out)))
     y = x_out + block.drop_path1(block.ls1(out))
     y = y + block.drop_path2(block.ls2(_mlp(block.mlp, block.norm2(y), None)))
-    return y if real is None else real.put(x[:, :n_out], y)
+    return y if rows is None else rows.put(x[:, :n_out], y)

@@ -26,7 +26,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..hosts.base import HostAdapter
-from .rows import worth_packing
+from .rows import RealRows, worth_packing
 
 # An online decision: (layer, probs (B, H, n, n), live (B, n) bool) -> keep mask (B, n), bool or soft
 Decide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -125,7 +125,7 @@ def planned_pruned(host: HostAdapter, x: torch.Tensor, plan: torch.Tensor, count
         if ragged[layer_index]:
             key_mask = (position[: widest[layer_index]] < sizes[layer_index, :, None])[:, None, None, :]
         if ragged[layer_index + 1] and worth_packing(real[layer_index + 1], batch, n_out):
-            rows = position[:n_out] < sizes[layer_index + 1, :, None]
+            rows = RealRows(position[:n_out] < sizes[layer_index + 1, :, None], real[layer_index + 1])
         x = host.pruned_layer(layer, x, n_out, key_mask, rows)
     return Run(x, plan, None if counts is not None else position[: widest[-1]] < sizes[-1, :, None])
 
@@ -193,7 +193,7 @@ def online_pruned(host: HostAdapter, x: torch.Tensor, decide: Decide, valid: tor
         rows = index[:, None, :, None].expand(-1, probs.shape[1], -1, probs.shape[-1])
         live, where = keep.gather(1, index), where.gather(1, index)
         ragged = widest != narrowest
-        packed = live if ragged and worth_packing(real, batch, widest) else None
+        packed = RealRows(live, real) if ragged and worth_packing(real, batch, widest) else None
         x = host.finish(layer, take(x, index), probs.gather(2, rows), v, None, packed)
         masks.append(torch.zeros_like(masks[0]).scatter_(1, where, live.to(x.dtype)))
     return Run(x, torch.stack(masks), live if ragged else None)

@@ -15,11 +15,16 @@ PACK_BELOW = 0.9  # pack when the real rows are fewer than this share of the pad
 
 
 class RealRows:
-    """``rows``: (B, n) bool, the real rows of a padded (B, n, ...) batch."""
+    """``rows``: (B, n) bool, the real rows of a padded (B, n, ...) batch; ``count``: how many there
+    are, when the caller knows it: on an accelerator the rows are then found without a host sync."""
 
-    def __init__(self, rows: torch.Tensor):
+    def __init__(self, rows: torch.Tensor, count: int | None = None):
         self.shape = tuple(rows.shape)
-        self.index = rows.reshape(-1).nonzero().squeeze(1)
+        flat = rows.reshape(-1)
+        if count is None or flat.device.type == "cpu":
+            self.index = flat.nonzero().squeeze(1)
+        else:  # the real rows first, in order (a stable sort), then the first ``count``
+            self.index = torch.argsort((~flat).to(torch.int8), stable=True)[:count]
 
     def take(self, t: torch.Tensor) -> torch.Tensor:
         """(B, n, D) -> (R, D): the real rows, in order."""

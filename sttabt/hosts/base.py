@@ -1,10 +1,13 @@
 """The host adapter interface (see :mod:`sttabt.hosts`)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..executors.rows import RealRows
 
 
 class HostAdapter:
@@ -23,10 +26,11 @@ class HostAdapter:
         raise NotImplementedError
 
     def finish(self, layer: nn.Module, x: torch.Tensor, probs: torch.Tensor, values: torch.Tensor,
-               m_out: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+               m_out: torch.Tensor | None, rows: RealRows | None = None) -> torch.Tensor:
         """The layer's output for the rows of ``probs`` (``x``: those rows' inputs); ``m_out`` (B, n, 1):
-        0/1 (or soft) output mask, a token at 0 passing through unchanged; ``rows`` (B, n) bool, with no
-        ``m_out``: the real rows, the only ones whose per-token work runs (the others keep their inputs)."""
+        0/1 (or soft) output mask, a token at 0 passing through unchanged; ``rows``, with no ``m_out``:
+        the real rows (:class:`~sttabt.executors.rows.RealRows`), the only ones whose per-token work
+        runs (the others keep their inputs)."""
         raise NotImplementedError
 
     def recorded_layer(self, layer: nn.Module, x: torch.Tensor, m_in: torch.Tensor | None,
@@ -53,11 +57,11 @@ class HostAdapter:
         raise NotImplementedError
 
     def pruned_layer(self, layer: nn.Module, x: torch.Tensor, n_out: int, key_mask: torch.Tensor | None,
-                     rows: torch.Tensor | None = None) -> torch.Tensor:
+                     rows: RealRows | None = None) -> torch.Tensor:
         """The layer on (B, n_in, D) sorted tokens, fused attention, the first ``n_out`` tokens' outputs;
-        ``key_mask``: (B, 1, 1, n_in) bool, False for padding keys; ``rows``: optional (B, n_out) bool,
-        the real output rows: the per-token work runs on those only (:class:`sttabt.executors.rows.RealRows`),
-        the other rows keep their inputs."""
+        ``key_mask``: (B, 1, 1, n_in) bool, False for padding keys; ``rows``: optional, the real output
+        rows (:class:`~sttabt.executors.rows.RealRows`): the per-token work runs on those only, the other
+        rows keep their inputs."""
         raise NotImplementedError
 
     def layer_cost(self, layer: nn.Module, *, mlp: bool = True, scores_only: bool = False):

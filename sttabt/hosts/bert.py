@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..executors.block import _recorded
-from ..executors.rows import RealRows
 from ..pruners.qk import key_bias
 from .base import HostAdapter
 from transformers import (BertForSequenceClassification, IBertForSequenceClassification,
@@ -128,8 +127,7 @@ class BertAdapter(HostAdapter):
     def finish(self, layer, x, probs, values, m_out, rows=None):
         context = merge_heads(probs_dropout(layer, probs) @ values)
         if rows is not None:  # (1, R, D): I-BERT's modules want three dimensions
-            real = RealRows(rows)
-            return real.put(x, self._finish(layer, real.take(x)[None], real.take(context)[None], None)[0])
+            return rows.put(x, self._finish(layer, rows.take(x)[None], rows.take(context)[None], None)[0])
         return self._finish(layer, x, context, m_out)
 
     @staticmethod
@@ -167,12 +165,12 @@ class BertAdapter(HostAdapter):
             q, k, v = query_key_value(layer, x, n_out)
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
             return feed_forward(layer, attention_output(layer, merge_heads(context), x[:, :n_out]))
-        attn, real, x_out = layer.attention.self, RealRows(rows), x[:, :n_out]
-        x_real = real.take(x_out)[None]  # (1, R, D): I-BERT's modules want three dimensions
-        q = _heads(real.scatter(_t(attn.query(x_real))[0]), attn.num_attention_heads)
+        attn, x_out = layer.attention.self, x[:, :n_out]
+        x_real = rows.take(x_out)[None]  # (1, R, D): I-BERT's modules want three dimensions
+        q = _heads(rows.scatter(_t(attn.query(x_real))[0]), attn.num_attention_heads)
         k, v = (_heads(_t(m(x)), attn.num_attention_heads) for m in (attn.key, attn.value))
-        context = real.take(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))[None]
-        return real.put(x_out, feed_forward(layer, attention_output(layer, context, x_real))[0])
+        context = rows.take(merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))[None]
+        return rows.put(x_out, feed_forward(layer, attention_output(layer, context, x_real))[0])
 
     def layer_cost(self, layer, *, mlp=True, scores_only=False):
         from ..flops.costs import ATTN_MATMULS, LayerCost

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..executors.block import (PROB_EPS, _merge, _mlp, _split_heads, attention_scores, compute_dtype, masked_block,
                                pruned_block)
-from ..executors.rows import RealRows
 from .base import HostAdapter
 
 
@@ -39,16 +38,15 @@ class TimmViTAdapter(HostAdapter):
     def finish(self, layer, x, probs, values, m_out, rows=None):
         attn = layer.attn
         context = _merge(attn.attn_drop(probs) @ values)
-        real = None if rows is None else RealRows(rows)
         x_in = x
-        if real is not None:
-            context, x = real.take(context), real.take(x)
+        if rows is not None:
+            context, x = rows.take(context), rows.take(x)
         out = attn.proj_drop(attn.proj(getattr(attn, "norm", nn.Identity())(context)))
         if m_out is not None:
             out = out * m_out
         x = x + layer.drop_path1(layer.ls1(out))
         x = x + layer.drop_path2(layer.ls2(_mlp(layer.mlp, layer.norm2(x), m_out)))
-        return x if real is None else real.put(x_in, x)
+        return x if rows is None else rows.put(x_in, x)
 
     def recorded_layer(self, layer, x, m_in, m_out, keys, *, record=None, workspace=None):
         return masked_block(layer, x, m_in, m_out, record=record, workspace=workspace)
