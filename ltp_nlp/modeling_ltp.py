@@ -14,6 +14,7 @@ a dense checkpoint does not have them and they start at their defined initial va
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -64,7 +65,12 @@ def infer_host_type(path: str | os.PathLike) -> str:
                      f"{', '.join(p + '.' for p in PREFIXES.values())}); set \"host_type\" in its config.json")
 
 
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")  # sharded checkpoints
+
+
 def weight_names(path) -> list[str]:
+    """The weight names of a ``save_pretrained`` folder, read without loading the weights: from
+    ``model.safetensors``'s header, ``pytorch_model.bin`` (memory-mapped) or a sharded checkpoint's index."""
     path = os.fspath(path)
     st = os.path.join(path, "model.safetensors")
     if os.path.exists(st):
@@ -75,7 +81,12 @@ def weight_names(path) -> list[str]:
     binary = os.path.join(path, "pytorch_model.bin")
     if os.path.exists(binary):
         return list(torch.load(binary, map_location="cpu", weights_only=True, mmap=True))
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
+    for index in WEIGHT_INDEXES:
+        if os.path.exists(os.path.join(path, index)):
+            with open(os.path.join(path, index), encoding="utf-8") as f:
+                return list(json.load(f)["weight_map"])
+    raise FileNotFoundError(f"no model.safetensors, pytorch_model.bin or sharded index ({', '.join(WEIGHT_INDEXES)}) "
+                            f"in {path}")
 
 
 @dataclass
@@ -215,13 +226,17 @@ class LTPModel(LTPPreTrainedModel):
             raise ValueError("the pruned executor needs hard masks: use masking_mode='hard' or executor='masked'")
         return soft, executor
 
-    def plan(self, input_ids, valid, token_type_ids=None, *, hard: bool) -> torch.Tensor:
-        """The STTABT plan (L + 1, B, T) from the scout's (or, for the oracle, the host's) attention."""
+    def planning_attention(self, input_ids, valid, token_type_ids=None):
+        """What an STTABT pruner plans from: every layer's attention in the pruner's form, from the scout
+        (for the oracle, from the host itself)."""
         kind = self.pruner.attention
         if self.config.prune_mode == "sttabt_abt_oracle":
-            attention = planning_attention(self.layers, embed(self.embeddings, input_ids, token_type_ids), valid, kind)
-        else:
-            attention = self.scout.plan_attention(input_ids, valid, token_type_ids, kind=kind)
+            return planning_attention(self.layers, embed(self.embeddings, input_ids, token_type_ids), valid, kind)
+        return self.scout.plan_attention(input_ids, valid, token_type_ids, kind=kind)
+
+    def plan(self, input_ids, valid, token_type_ids=None, *, hard: bool) -> torch.Tensor:
+        """The STTABT plan (L + 1, B, T) from :meth:`planning_attention`."""
+        attention = self.planning_attention(input_ids, valid, token_type_ids)
         return self.pruner.plan(attention, hard=hard, budget="per_sample", valid=valid)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, *, masking_mode: str | None = None,

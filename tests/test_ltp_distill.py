@@ -160,6 +160,34 @@ def test_benchmark_glue_reports_side_by_side(capsys, distilled, setup):
     assert 0 <= out["dense_accuracy"] <= 1 and 0 <= out["pruned_accuracy"] <= 1
     assert out["batches"] == "length-sorted" and len(out["dense_ms"]) == len(out["pruned_ms"]) == 1
     assert out["head"] == "checkpoint"
+    for key in ("scout_s", "plan_s", "host_s", "dense_s"):  # an STTABT mode under --json: where the time goes
+        assert out[key] > 0, key
+    online = _json(capsys, benchmark_glue.main, ["--checkpoint", str(distilled), "--task", "SST2", "--data_dir",
+                                                 str(glue), "--prune_mode", "topk", "--token_keep_rate", "0.3",
+                                                 "--repeats", "1", "--json"])
+    assert online["pruned_ex_s"] > 0 and "scout_s" not in online  # an online pruner has no separate stages
+
+
+@pytest.mark.parametrize("mode", ["sttabt_abt", "sttabt_concrete", "sttabt_abt_oracle"])
+def test_benchmark_stages_chain_into_the_pruned_forward(distilled, mode):
+    """The timed stages compute what the pruned model computes: the same plan, the same logits."""
+    model = LTPForSequenceClassification.from_pretrained(distilled, prune_mode=mode, token_keep_rate=0.3,
+                                                         p_logit=-1.0).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(5, TINY["vocab_size"], (4, 12))
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[3, 4:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.inference_mode():
+        expected = model(ids, mask, batch["token_type_ids"], masking_mode="hard", executor="pruned")
+        stages = benchmark_glue.stage_calls(model)
+        total = dict.fromkeys(stages, 0.0)
+        logits = benchmark_glue.run_stages(stages, batch, total)
+        plan = stages["plan"](batch, stages["scout"](batch, None))
+    assert torch.equal(plan, expected.plan) and all(t > 0 for t in total.values())
+    torch.testing.assert_close(logits, expected.logits, atol=1e-6, rtol=0)
 
 
 def test_benchmark_glue_times_a_bare_encoder_with_a_fresh_head(capsys, setup, tmp_path):

@@ -227,7 +227,39 @@ def test_convert_to_ltp_bad_input(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", **TINY}))
     assert convert_to_ltp.main([str(tmp_path), "--prune_mode", "topk", "--token_keep_rate", "1.5"]) == 2
     assert "token_keep_rate must be in (0, 1]" in capsys.readouterr().err
+    assert convert_to_ltp.main([str(tmp_path)]) == 2
+    assert "no model.safetensors, pytorch_model.bin or sharded index" in capsys.readouterr().err
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "bert"   # untouched
+
+
+def test_a_bare_encoder_is_refused_with_what_to_do(tmp_path, capsys, glue):
+    """A pretrained encoder without a classifier head (sentence-transformers' MiniLM) is not an LTP
+    starting point: convert_to_ltp and run_ltp say so in one line, and leave the folder as it was."""
+    from transformers import BertModel
+
+    bare = tmp_path / "bare"
+    torch.manual_seed(0)
+    BertModel(BertConfig(**TINY)).save_pretrained(bare)
+    before = {p.name: p.read_bytes() for p in bare.iterdir()}
+    assert convert_to_ltp.main([str(bare)]) == 2
+    assert "without a classifier head" in capsys.readouterr().err
+    assert run_ltp.main(["--task", "SST2", "--data_dir", str(glue), "--restore", str(bare), "--prune_mode", "topk",
+                         *QUIET]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "without a classifier head" in line and "tools/run_glue.py" in line and "missing" not in err.lower()
+    assert {p.name: p.read_bytes() for p in bare.iterdir()} == before
+
+
+def test_weight_names_of_a_sharded_checkpoint(tmp_path):
+    from ltp_nlp.modeling_ltp import weight_names
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(**TINY))
+    model.save_pretrained(tmp_path / "one")
+    model.save_pretrained(tmp_path / "shards", max_shard_size="100KB")
+    assert (tmp_path / "shards" / "model.safetensors.index.json").is_file()
+    assert sorted(weight_names(tmp_path / "shards")) == sorted(weight_names(tmp_path / "one"))
 
 
 def test_run_glue_refuses_an_existing_run(tmp_path, capsys, glue, converted):

@@ -15,7 +15,11 @@ then ``--repeats`` passes time them alternately, batch by batch (dense, pruned, 
 see the same machine state; each reports examples / median of the per-repeat totals.
 
 ``ideal_speedup`` = 1 / ``relative_flops`` (the scout included), ``share_of_ideal`` = measured speedup /
-ideal speedup: how much of the FLOPs saved became time. Key names follow tools/benchmark.py.
+ideal speedup: how much of the FLOPs saved became time. Key names follow tools/benchmark.py. With
+``--json`` an STTABT mode's pruned forward is also timed in its three stages, chained batch by batch
+in the same alternating rounds: ``scout_s`` (the attention the pruner reads), ``plan_s`` (the pruner
+on it) and ``host_s`` (embedding, pruned encoder under that plan, head), with ``dense_s``: medians of
+the per-repeat totals, in seconds.
 
 ``--checkpoint`` may also be a bare pretrained encoder (no classifier head, e.g. sentence-transformers'
 MiniLM): it gets a new head for ``--task``, drawn from ``--seed``, as tools/run_glue.py starts
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -37,9 +42,11 @@ import torch  # noqa: E402
 from eval_glue import (add_checkpoint_args, check_checkpoint_args, checked_task, dev_batches,  # noqa: E402
                        flops_meter, load_model, load_tokenizer, pruned_logits)
 from ltp_nlp.cli_checks import check_flags  # noqa: E402
+from ltp_nlp.configuration_ltp import PLANNED_MODES  # noqa: E402
 from ltp_nlp.distill import FRESH_HEAD_SEED, PRUNER_KEY, SCOUT_KEY, is_bare_encoder, model_inputs  # noqa: E402
+from ltp_nlp.executors import run_planned_pruned  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
-from ltp_nlp.host import SEQUENCE_CLASSIFIERS  # noqa: E402
+from ltp_nlp.host import SEQUENCE_CLASSIFIERS, embed  # noqa: E402
 from ltp_nlp.metrics import compute_metrics  # noqa: E402
 from sttabt.timing import device_name, per_second  # noqa: E402
 
@@ -54,9 +61,44 @@ def dense_host(model) -> torch.nn.Module:
     return host.eval()
 
 
+def stage_calls(model) -> dict:
+    """The pruned forward of an STTABT mode as three calls chained on a batch, each taking the batch
+    and the previous stage's result: ``scout`` (the attention the pruner reads), ``plan`` (the pruner
+    on it, hard masks) and ``host`` (the embedding, the pruned encoder under the plan, the head: the
+    pruned model's logits). Call inside ``torch.inference_mode()``."""
+    ltp = model.ltp
+
+    def scout(batch, _):
+        ids, mask, types = model_inputs(batch)
+        return ltp.planning_attention(ids, mask.bool(), types)
+
+    def plan(batch, attention):
+        return ltp.pruner.plan(attention, hard=True, budget="per_sample", valid=batch["attention_mask"].bool())
+
+    def host(batch, masks):
+        ids, _, types = model_inputs(batch)
+        return model.head(run_planned_pruned(ltp.layers, embed(ltp.embeddings, ids, types), masks).hidden)
+
+    return {"scout": scout, "plan": plan, "host": host}
+
+
+def run_stages(stages: dict, batch: dict, total: dict | None = None):
+    """The chained ``stages`` on ``batch``; their seconds are added to ``total``. Returns the last result."""
+    carried = None
+    for name, fn in stages.items():
+        start = time.perf_counter()
+        carried = fn(batch, carried)
+        if total is not None:
+            total[name] += time.perf_counter() - start
+    return carried
+
+
 @torch.inference_mode()
-def benchmark(model, dense, batches: list[dict], task: str, *, repeats: int = 5, warmup: int = 1) -> dict:
-    """Scores, FLOPs and median throughput of the dense host and the pruned model on ``batches``."""
+def benchmark(model, dense, batches: list[dict], task: str, *, repeats: int = 5, warmup: int = 1,
+              stages: bool = False) -> dict:
+    """Scores, FLOPs and median throughput of the dense host and the pruned model on ``batches``;
+    ``stages`` (STTABT modes): also the median seconds of the pruned forward's stages
+    (:func:`stage_calls`) and of the dense pass."""
     meter = flops_meter(model)
     dense_logits, pruned_out, labels = [], [], []
 
@@ -65,25 +107,29 @@ def benchmark(model, dense, batches: list[dict], task: str, *, repeats: int = 5,
         return dense(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
 
     runs = {"dense": run_dense, "pruned": lambda batch: pruned_logits(model, batch)}
+    chain = stage_calls(model) if stages and model.config.prune_mode in PLANNED_MODES else {}
     for batch in batches:  # the scoring pass: also the first warm-up
         dense_logits.append(runs["dense"](batch).float())
         logits, counts = runs["pruned"](batch)
         pruned_out.append(logits.float())
         meter.update(counts, batch["attention_mask"].sum(-1))
         labels.append(batch["labels"])
+        run_stages(chain, batch)
     for _ in range(warmup - 1):
         for batch in batches:
             for fn in runs.values():
                 fn(batch)
-    times = {name: [] for name in runs}
+            run_stages(chain, batch)
+    times = {name: [] for name in (*runs, *chain)}
     for _ in range(repeats):
-        total = dict.fromkeys(runs, 0.0)
+        total = dict.fromkeys(times, 0.0)
         for batch in batches:
             for name, fn in runs.items():
                 start = time.perf_counter()
                 fn(batch)
                 total[name] += time.perf_counter() - start
-        for name in runs:
+            run_stages(chain, batch, total)
+        for name in times:
             times[name].append(total[name])
     examples = sum(len(b["labels"]) for b in batches)
     labels = torch.cat(labels)
@@ -105,8 +151,10 @@ def benchmark(model, dense, batches: list[dict], task: str, *, repeats: int = 5,
         result.update(dense_accuracy=float((dense_pred == labels).float().mean()),
                       pruned_accuracy=float((pruned_pred == labels).float().mean()),
                       agreement=float((dense_pred == pruned_pred).float().mean()))
-    return {**result, **{k: flops[k] for k in ("baseline_gflops", "gflops", "scout_gflops", "relative_flops",
-                                                "kept_mean", "kept_per_layer")},
+    breakdown = {f"{name}_s": statistics.median(times[name]) for name in ("scout", "plan", "host", "dense")
+                 } if chain else {}
+    return {**result, **breakdown, **{k: flops[k] for k in ("baseline_gflops", "gflops", "scout_gflops",
+                                                             "relative_flops", "kept_mean", "kept_per_layer")},
             "examples": examples, "dense_ms": [t * 1e3 for t in times["dense"]],
             "pruned_ms": [t * 1e3 for t in times["pruned"]]}
 
@@ -148,7 +196,7 @@ def main(argv=None) -> int:
               "batch_size": args.batch_size, "batches": "dataset order" if args.no_sort else "length-sorted",
               "dense_attention": dense.config._attn_implementation, "device": device_name(torch.device("cpu")),
               "torch": torch.__version__, "head": "fresh" if fresh else "checkpoint",
-              **benchmark(model, dense, batches, task, repeats=args.repeats, warmup=args.warmup)}
+              **benchmark(model, dense, batches, task, repeats=args.repeats, warmup=args.warmup, stages=args.json)}
     if args.json:
         print(json.dumps(result))
         return 0

@@ -30,6 +30,7 @@ from pathlib import Path
 import ltp_nlp  # noqa: F401  (registers LTPConfig)
 from sttabt.checkpoint import atomic_write
 from ltp_nlp.configuration_ltp import HOST_TYPES, PRUNE_MODES, SCORING_MODES, LTPConfig
+from ltp_nlp.distill import BARE_ENCODER_ADVICE, is_bare_encoder
 from ltp_nlp.outputs import OVERWRITE_FLAG, check_output_dir, check_output_file, save_atomically
 
 CONFIG_NAME = "config.json"
@@ -112,6 +113,9 @@ def convert(folder: str | Path, args: argparse.Namespace) -> dict:
     folder = Path(folder)
     config = read_config(folder)
     new = converted(config, args, folder)
+    if config.get("model_type") in HOST_TYPES and is_bare_encoder(folder):
+        raise ValueError(f"{folder} is a pretrained encoder without a classifier head: an LTP checkpoint needs a "
+                         f"fine-tuned classifier; {BARE_ENCODER_ADVICE}")
     text = json.dumps(new, indent=2, sort_keys=True) + "\n"
     overwrite = getattr(args, "overwrite_output_dir", False)
     output = getattr(args, "output_dir", None)
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         new = convert(args.folder, args)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     fields = ", ".join(f"{k}={new[k]}" for k in ("host_type", "prune_mode", "final_token_threshold", "scoring_mode",

@@ -55,6 +55,7 @@ from transformers import DataCollatorWithPadding  # noqa: E402
 from ltp_nlp import LTPForSequenceClassification  # noqa: E402
 from ltp_nlp.cli_checks import check_flags, check_model_folder  # noqa: E402
 from ltp_nlp.configuration_ltp import SOFT_MODES  # noqa: E402
+from ltp_nlp.distill import BARE_ENCODER_ADVICE, is_bare_encoder  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
 from ltp_nlp.outputs import check_output_dir, check_output_file, save_trainer_model  # noqa: E402
 from ltp_nlp.positions import clamp_max_length  # noqa: E402
@@ -110,8 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_config(restore: str) -> dict:
-    """The checked ``config.json`` of ``--restore`` (``ValueError`` saying what is wrong)."""
-    return check_model_folder(restore, "--restore")
+    """The checked ``config.json`` of ``--restore`` (``ValueError`` saying what is wrong): a fine-tuned
+    classifier, not a bare pretrained encoder."""
+    config = check_model_folder(restore, "--restore")
+    if is_bare_encoder(restore):
+        raise ValueError(f"--restore {restore} is a pretrained encoder without a classifier head, not a "
+                         f"fine-tuned classifier: {BARE_ENCODER_ADVICE}")
+    return config
 
 
 def overrides(args: argparse.Namespace) -> dict:
