@@ -96,12 +96,19 @@ def load_checkpoint(path: str | os.PathLike, *, init_scout: str | None = None) -
     model_type = checkpoint_model_type(path)
     if model_type == "ltp":
         model = LTPForSequenceClassification.from_pretrained(path, init_scout=init_scout)
-    elif is_bare_encoder(path):
-        raise ValueError(f"{path} is a pretrained {model_type} encoder without a classifier head (no {HEAD_KEY}* "
-                         f"weights), not a fine-tuned classifier: {BARE_ENCODER_ADVICE}")
     else:
+        check_classifier(path)
         model = LTPForSequenceClassification.from_pretrained(path, config=host_ltp_config(path))
     return model.eval()
+
+
+def check_classifier(path: str | os.PathLike, flag: str = "") -> None:
+    """``ValueError`` saying what to do when ``path`` is a bare pretrained encoder (:func:`is_bare_encoder`)
+    where a fine-tuned classifier is needed; ``flag``: the command-line flag that named it, for the message."""
+    if is_bare_encoder(path):
+        raise ValueError(f"{(flag + ' ') if flag else ''}{os.fspath(path)} is a pretrained {checkpoint_model_type(path)} "
+                         f"encoder without a classifier head (no {HEAD_KEY}* weights), not a fine-tuned classifier: "
+                         f"{BARE_ENCODER_ADVICE}")
 
 
 def is_bare_encoder(path: str | os.PathLike) -> bool:

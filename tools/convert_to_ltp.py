@@ -30,7 +30,7 @@ from pathlib import Path
 import ltp_nlp  # noqa: F401  (registers LTPConfig)
 from sttabt.checkpoint import atomic_write
 from ltp_nlp.configuration_ltp import HOST_TYPES, PRUNE_MODES, SCORING_MODES, LTPConfig
-from ltp_nlp.distill import BARE_ENCODER_ADVICE, is_bare_encoder
+from ltp_nlp.distill import check_classifier
 from ltp_nlp.outputs import OVERWRITE_FLAG, check_output_dir, check_output_file, save_atomically
 
 CONFIG_NAME = "config.json"
@@ -113,9 +113,7 @@ def convert(folder: str | Path, args: argparse.Namespace) -> dict:
     folder = Path(folder)
     config = read_config(folder)
     new = converted(config, args, folder)
-    if config.get("model_type") in HOST_TYPES and is_bare_encoder(folder):
-        raise ValueError(f"{folder} is a pretrained encoder without a classifier head: an LTP checkpoint needs a "
-                         f"fine-tuned classifier; {BARE_ENCODER_ADVICE}")
+    check_classifier(folder)  # an LTP checkpoint is made from a fine-tuned classifier
     text = json.dumps(new, indent=2, sort_keys=True) + "\n"
     overwrite = getattr(args, "overwrite_output_dir", False)
     output = getattr(args, "output_dir", None)

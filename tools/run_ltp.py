@@ -55,7 +55,7 @@ from transformers import DataCollatorWithPadding  # noqa: E402
 from ltp_nlp import LTPForSequenceClassification  # noqa: E402
 from ltp_nlp.cli_checks import check_flags, check_model_folder  # noqa: E402
 from ltp_nlp.configuration_ltp import SOFT_MODES  # noqa: E402
-from ltp_nlp.distill import BARE_ENCODER_ADVICE, is_bare_encoder  # noqa: E402
+from ltp_nlp.distill import check_classifier  # noqa: E402
 from ltp_nlp.glue import task_spec  # noqa: E402
 from ltp_nlp.outputs import check_output_dir, check_output_file, save_trainer_model  # noqa: E402
 from ltp_nlp.positions import clamp_max_length  # noqa: E402
@@ -114,9 +114,7 @@ def read_config(restore: str) -> dict:
     """The checked ``config.json`` of ``--restore`` (``ValueError`` saying what is wrong): a fine-tuned
     classifier, not a bare pretrained encoder."""
     config = check_model_folder(restore, "--restore")
-    if is_bare_encoder(restore):
-        raise ValueError(f"--restore {restore} is a pretrained encoder without a classifier head, not a "
-                         f"fine-tuned classifier: {BARE_ENCODER_ADVICE}")
+    check_classifier(restore, "--restore")
     return config
 
 
